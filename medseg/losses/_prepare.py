@@ -1,0 +1,303 @@
+"""Input preparation shared by every loss: validation, activation, one-hot, ignore mask, class selection.
+
+MONAI repeats this preamble in each loss; medseg does it once, here. A loss calls
+:meth:`SegmentationLoss.prepare` and gets a :class:`Prepared` bundle of float32 tensors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class Prepared:
+    """What a loss needs, all float32 and with the classes kept by ``include_background``.
+
+    Attributes:
+        logits: the raw input as float32 ``(B, C', *spatial)`` (for log-softmax/log-sigmoid terms).
+        probs: activated probabilities ``(B, C', *spatial)``.
+        target: one-hot (or binary) target ``(B, C', *spatial)``, zero at ignored voxels.
+        labels: integer class map ``(B, *spatial)`` over *all* C classes (ignored voxels set to 0), or
+            ``None`` when the target was given one-hot for a sigmoid (multi-label) problem.
+        mask: ``(B, 1, *spatial)`` float, 1 where a voxel takes part, or ``None`` when nothing is ignored.
+        classes: indices of the kept classes in the original C.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor | None
+    mask: torch.Tensor | None
+    classes: list[int]
+    activation: str = "none"
+    _log_probs: torch.Tensor | None = None
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """log of ``probs``, computed stably from the logits for sigmoid/softmax (cached)."""
+        if self._log_probs is None:
+            if self.activation == "sigmoid":
+                self._log_probs = nn.functional.logsigmoid(self.logits)
+            else:
+                self._log_probs = torch.log(self.probs.clamp_min(1e-12))
+        return self._log_probs
+
+    @property
+    def spatial_dims(self) -> list[int]:
+        return list(range(2, self.probs.ndim))
+
+    def masked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with ignored voxels set to zero."""
+        return x if self.mask is None else x * self.mask
+
+    def voxel_count(self) -> torch.Tensor:
+        """Number of voxels that take part, per batch item ``(B,)``."""
+        if self.mask is None:
+            n = self.probs[0, 0].numel()
+            return torch.full((self.probs.shape[0],), float(n), device=self.probs.device)
+        return self.mask.flatten(1).sum(1)
+
+
+def overlap_stats(
+    prep: Prepared, batch: bool = False, squared: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft TP, FP and FN per class from one pass over the probabilities.
+
+    TP = Σ p g, FP = Σ p − TP, FN = Σ g − TP (with p², g² for ``squared``: the V-Net form), summed over the
+    spatial dims (and the batch when ``batch``). Returns tensors of shape ``(B, C')`` or ``(C',)``.
+    """
+    p = prep.masked(prep.probs)
+    g = prep.target
+    dims = prep.spatial_dims if not batch else [0, *prep.spatial_dims]
+    tp = (p * g).sum(dims)
+    if squared:
+        sum_p = (p * p).sum(dims)
+        sum_g = (g * g).sum(dims)
+    else:
+        sum_p = p.sum(dims)
+        sum_g = g.sum(dims)
+    return tp, sum_p - tp, sum_g - tp
+
+
+def reduce(loss: torch.Tensor, reduction: str, spatial_ndim: int | None = None) -> torch.Tensor:
+    """Apply ``reduction`` to a ``(B, C)``/``(C,)`` per-class loss.
+
+    With ``reduction="none"`` and ``spatial_ndim`` given, the result is reshaped to
+    ``(B, C, 1, ...)`` so that it broadcasts against the input, as MONAI's region losses do.
+    """
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if spatial_ndim is not None and loss.ndim == 2:
+        return loss.view(*loss.shape, *([1] * spatial_ndim))
+    return loss
+
+
+def _check_finite(input: torch.Tensor) -> None:
+    if not torch.isfinite(input).all():
+        n_nan = int(torch.isnan(input).sum())
+        n_inf = int(torch.isinf(input).sum())
+        raise ValueError(f"input logits contain {n_nan} NaN and {n_inf} inf values; the loss would be undefined")
+
+
+def _check_integer_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError("label map target holds non-integer values; pass class indices or a one-hot target")
+    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    if valid.numel() == 0:
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"label value {bad} is out of range for {num_classes} classes (valid: 0..{num_classes - 1}"
+            + (f", or ignore_index={ignore_index})" if ignore_index is not None else "; set ignore_index to skip it)")
+        )
+
+
+class SegmentationLoss(nn.Module):
+    """Base class: MONAI's common loss arguments and the shared :meth:`prepare` step.
+
+    Args:
+        include_background: keep class 0 in the loss (MONAI's default ``True``).
+        to_onehot_y: accepted for MONAI compatibility; a ``(B, 1, ...)`` label map is always expanded
+            to one-hot when the input has more than one channel.
+        sigmoid: apply a sigmoid to the input (binary or multi-label).
+        softmax: apply a softmax over the channel dim (multi-class).
+        other_act: any other callable activation, applied to the logits instead.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        ignore_index: label value whose voxels take no part (e.g. 255 for Cityscapes). With a one-hot target,
+            a value in ``0..C-1`` masks that class's voxels and any other value masks all-zero voxels (MONAI's rule).
+    """
+
+    #: names of the auxiliary tensors ``forward`` reads (e.g. ``("dist",)``); the registry lists them.
+    aux_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        if int(sigmoid) + int(softmax) + int(other_act is not None) > 1:
+            raise ValueError("choose at most one of sigmoid=True, softmax=True and other_act")
+        if other_act is not None and not callable(other_act):
+            raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unsupported reduction {reduction!r}; choose one of {REDUCTIONS}")
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Prepared:
+        return prepare(
+            input,
+            target,
+            include_background=self.include_background,
+            sigmoid=self.sigmoid,
+            softmax=self.softmax,
+            other_act=self.other_act,
+            ignore_index=self.ignore_index,
+        )
+
+
+def class_weight_tensor(
+    weight: Sequence[float] | float | torch.Tensor | None, name: str = "weight"
+) -> torch.Tensor | None:
+    """Validate a per-class weight argument and return it as a float tensor (or ``None``)."""
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    if w.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D sequence, got shape {tuple(w.shape)}")
+    if (w < 0).any():
+        raise ValueError(f"{name} values must be non-negative, got {w.tolist()}")
+    return w
+
+
+def apply_class_weight(loss: torch.Tensor, weight: torch.Tensor | None, class_dim: int = 1) -> torch.Tensor:
+    """Multiply a per-class loss by ``weight`` along ``class_dim``, checking its length."""
+    if weight is None:
+        return loss
+    if weight.ndim == 0:
+        return loss * weight.to(loss)
+    n = loss.shape[class_dim]
+    if weight.numel() != n:
+        raise ValueError(
+            f"weight has {weight.numel()} entries but the loss has {n} classes"
+            " (with include_background=False the weight must not include class 0)"
+        )
+    shape = [1] * loss.ndim
+    shape[class_dim] = n
+    return loss * weight.to(loss).view(shape)
+
+
+def prepare(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    include_background: bool = True,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ignore_index: int | None = None,
+) -> Prepared:
+    """Validate ``input``/``target`` and return float32 probabilities, one-hot target and ignore mask."""
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("input and target must be torch tensors")
+    if input.ndim < 3:
+        raise ValueError(
+            f"input must be (B, C, *spatial) with at least one spatial dim, got shape {tuple(input.shape)}"
+        )
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point logits, got dtype {input.dtype}")
+    if target.ndim != input.ndim or target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: expected "
+            f"(B, 1, *spatial) label map or (B, C, *spatial) one-hot with B and spatial dims equal to the input's"
+        )
+    num_classes = input.shape[1]
+    if target.shape[1] not in (1, num_classes):
+        raise ValueError(
+            f"target has {target.shape[1]} channels; expected 1 (label map) or {num_classes} (one-hot) "
+            f"for input shape {tuple(input.shape)}"
+        )
+    _check_finite(input)
+
+    logits = input.to(torch.promote_types(input.dtype, torch.float32))  # float32 math under autocast, float64 kept
+    is_label_map = target.shape[1] == 1 and (
+        num_classes > 1 or not target.is_floating_point() or ignore_index is not None
+    )
+    mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    if is_label_map:
+        _check_integer_labels(target, max(num_classes, 2), ignore_index)
+        labels = target[:, 0].long()
+        if ignore_index is not None:
+            keep = labels != ignore_index
+            mask = keep.unsqueeze(1).float()
+            labels = torch.where(keep, labels, torch.zeros_like(labels))
+        if num_classes == 1:
+            onehot = labels.unsqueeze(1).float()
+        else:
+            onehot = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
+    else:
+        onehot = target.float()
+        if not torch.all((onehot == 0) | (onehot == 1)):
+            raise ValueError("one-hot target holds values other than 0 and 1; pass a (B, 1, ...) label map instead")
+        if ignore_index is not None:
+            if 0 <= ignore_index < num_classes and num_classes > 1:
+                keep = onehot[:, ignore_index] == 0
+            else:
+                keep = onehot.sum(1) > 0
+            mask = keep.unsqueeze(1).float()
+        if softmax and num_classes > 1:
+            sums = onehot.sum(1, keepdim=True)
+            bad = sums != 1 if mask is None else (sums != 1) & (mask > 0)
+            if bad.any():
+                raise ValueError(
+                    f"one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other than 1"
+                )
+            labels = onehot.argmax(1)
+    if mask is not None:
+        onehot = onehot * mask
+
+    if softmax and num_classes == 1:
+        warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
+    log_probs: torch.Tensor | None = None
+    activation = "none"
+    if sigmoid:
+        probs, activation = torch.sigmoid(logits), "sigmoid"
+    elif softmax and num_classes > 1:
+        log_probs, activation = torch.log_softmax(logits, 1), "softmax"
+        probs = log_probs.exp()
+    elif other_act is not None:
+        probs, activation = other_act(logits).float(), "other"
+    else:
+        probs = logits
+
+    classes = list(range(num_classes))
+    if not include_background:
+        if num_classes == 1:
+            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
+        else:
+            classes = classes[1:]
+            logits, probs, onehot = logits[:, 1:], probs[:, 1:], onehot[:, 1:]
+            log_probs = None if log_probs is None else log_probs[:, 1:]
+    return Prepared(logits, probs, onehot, labels, mask, classes, activation, log_probs)
