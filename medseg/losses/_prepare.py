@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -16,42 +16,84 @@ from torch import nn
 REDUCTIONS = ("mean", "sum", "none")
 
 
-@dataclass
 class Prepared:
-    """What a loss needs, all float32 and with the classes kept by ``include_background``.
+    """What a loss needs, float32 (float64 kept) and with the classes kept by ``include_background``.
+
+    Computed lazily and cached, so a loss pays only for what it reads.
 
     Attributes:
-        logits: the raw input as float32 ``(B, C', *spatial)`` (for log-softmax/log-sigmoid terms).
+        logits: the raw input ``(B, C', *spatial)`` (for log-softmax/log-sigmoid terms).
         probs: activated probabilities ``(B, C', *spatial)``.
-        target: one-hot (or binary) target ``(B, C', *spatial)``, zero at ignored voxels.
+        log_probs: log of ``probs``, from the logits for sigmoid/softmax (numerically stable).
+        target: one-hot (or binary) target ``(B, C', *spatial)``, zero at ignored voxels (assignable).
         labels: integer class map ``(B, *spatial)`` over *all* C classes (ignored voxels set to 0), or
             ``None`` when the target was given one-hot for a sigmoid (multi-label) problem.
         mask: ``(B, 1, *spatial)`` float, 1 where a voxel takes part, or ``None`` when nothing is ignored.
         classes: indices of the kept classes in the original C.
+        activation: ``"softmax"``, ``"sigmoid"``, ``"other"`` or ``"none"``.
     """
 
-    logits: torch.Tensor
-    probs: torch.Tensor
-    target: torch.Tensor
-    labels: torch.Tensor | None
-    mask: torch.Tensor | None
-    classes: list[int]
-    activation: str = "none"
-    _log_probs: torch.Tensor | None = None
+    def __init__(
+        self,
+        full_logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        onehot: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        classes: list[int],
+        activation: str,
+        other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self._full_logits = full_logits
+        self._onehot = onehot  # full-C one-hot target when given one-hot, else built from labels on demand
+        self._other_act = other_act
+        self.labels = labels
+        self.mask = mask
+        self.classes = classes
+        self.activation = activation
+        self._all_classes = len(classes) == full_logits.shape[1]
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self._all_classes else x[:, self.classes[0] :]
 
     @property
+    def logits(self) -> torch.Tensor:
+        return self._keep(self._full_logits)
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        x = self._full_logits
+        if self.activation == "softmax":
+            return self._keep(torch.softmax(x, 1))
+        if self.activation == "sigmoid":
+            return self._keep(torch.sigmoid(x))
+        if self.activation == "other":
+            return self._keep(self._other_act(x).to(x.dtype))
+        return self._keep(x)
+
+    @cached_property
     def log_probs(self) -> torch.Tensor:
-        """log of ``probs``, computed stably from the logits for sigmoid/softmax (cached)."""
-        if self._log_probs is None:
-            if self.activation == "sigmoid":
-                self._log_probs = nn.functional.logsigmoid(self.logits)
-            else:
-                self._log_probs = torch.log(self.probs.clamp_min(1e-12))
-        return self._log_probs
+        if self.activation == "softmax":
+            return self._keep(torch.log_softmax(self._full_logits, 1))
+        if self.activation == "sigmoid":
+            return nn.functional.logsigmoid(self.logits)
+        return torch.log(self.probs.clamp_min(1e-12))
+
+    @cached_property
+    def target(self) -> torch.Tensor:
+        dtype = self._full_logits.dtype
+        if self._onehot is not None:
+            onehot = self._keep(self._onehot.to(dtype))
+            return onehot if self.mask is None else onehot * self.mask.to(dtype)
+        if self._full_logits.shape[1] == 1:
+            onehot = self.labels.unsqueeze(1).to(dtype)
+            return onehot if self.mask is None else onehot * self.mask.to(dtype)
+        labels = self.labels if self.mask is None else torch.where(self.mask[:, 0] > 0, self.labels, -1)
+        kept = torch.tensor(self.classes, device=labels.device).view(1, -1, *([1] * (labels.ndim - 1)))
+        return (labels.unsqueeze(1) == kept).to(dtype)
 
     @property
     def spatial_dims(self) -> list[int]:
-        return list(range(2, self.probs.ndim))
+        return list(range(2, self._full_logits.ndim))
 
     def masked(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with ignored voxels set to zero."""
@@ -60,8 +102,8 @@ class Prepared:
     def voxel_count(self) -> torch.Tensor:
         """Number of voxels that take part, per batch item ``(B,)``."""
         if self.mask is None:
-            n = self.probs[0, 0].numel()
-            return torch.full((self.probs.shape[0],), float(n), device=self.probs.device)
+            n = self._full_logits[0, 0].numel()
+            return torch.full((self._full_logits.shape[0],), float(n), device=self._full_logits.device)
         return self.mask.flatten(1).sum(1)
 
 
@@ -102,7 +144,8 @@ def reduce(loss: torch.Tensor, reduction: str, spatial_ndim: int | None = None) 
 
 
 def _check_finite(input: torch.Tensor) -> None:
-    if not torch.isfinite(input).all():
+    # a sum is NaN/inf whenever any element is: one cheap reduction instead of an elementwise mask
+    if not torch.isfinite(input.sum(dtype=torch.float32 if input.dtype != torch.float64 else torch.float64)):
         n_nan = int(torch.isnan(input).sum())
         n_inf = int(torch.isinf(input).sum())
         raise ValueError(f"input logits contain {n_nan} NaN and {n_inf} inf values; the loss would be undefined")
@@ -111,10 +154,10 @@ def _check_finite(input: torch.Tensor) -> None:
 def _check_integer_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
         raise ValueError("label map target holds non-integer values; pass class indices or a one-hot target")
-    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    valid = labels if ignore_index is None else torch.where(labels == ignore_index, torch.zeros_like(labels), labels)
     if valid.numel() == 0:
         return
-    lo, hi = int(valid.min()), int(valid.max())
+    lo, hi = (int(v) for v in torch.aminmax(valid))
     if lo < 0 or hi >= num_classes:
         bad = lo if lo < 0 else hi
         raise ValueError(
@@ -246,19 +289,16 @@ def prepare(
     )
     mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    onehot: torch.Tensor | None = None
     if is_label_map:
         _check_integer_labels(target, max(num_classes, 2), ignore_index)
         labels = target[:, 0].long()
         if ignore_index is not None:
             keep = labels != ignore_index
-            mask = keep.unsqueeze(1).float()
+            mask = keep.unsqueeze(1).to(logits.dtype)
             labels = torch.where(keep, labels, torch.zeros_like(labels))
-        if num_classes == 1:
-            onehot = labels.unsqueeze(1).float()
-        else:
-            onehot = torch.zeros_like(logits).scatter_(1, labels.unsqueeze(1), 1.0)
     else:
-        onehot = target.float()
+        onehot = target
         if not torch.all((onehot == 0) | (onehot == 1)):
             raise ValueError("one-hot target holds values other than 0 and 1; pass a (B, 1, ...) label map instead")
         if ignore_index is not None:
@@ -266,7 +306,7 @@ def prepare(
                 keep = onehot[:, ignore_index] == 0
             else:
                 keep = onehot.sum(1) > 0
-            mask = keep.unsqueeze(1).float()
+            mask = keep.unsqueeze(1).to(logits.dtype)
         if softmax and num_classes > 1:
             sums = onehot.sum(1, keepdim=True)
             bad = sums != 1 if mask is None else (sums != 1) & (mask > 0)
@@ -275,22 +315,17 @@ def prepare(
                     f"one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other than 1"
                 )
             labels = onehot.argmax(1)
-    if mask is not None:
-        onehot = onehot * mask
 
     if softmax and num_classes == 1:
         warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
-    log_probs: torch.Tensor | None = None
-    activation = "none"
     if sigmoid:
-        probs, activation = torch.sigmoid(logits), "sigmoid"
+        activation = "sigmoid"
     elif softmax and num_classes > 1:
-        log_probs, activation = torch.log_softmax(logits, 1), "softmax"
-        probs = log_probs.exp()
+        activation = "softmax"
     elif other_act is not None:
-        probs, activation = other_act(logits).float(), "other"
+        activation = "other"
     else:
-        probs = logits
+        activation = "none"
 
     classes = list(range(num_classes))
     if not include_background:
@@ -298,6 +333,4 @@ def prepare(
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
         else:
             classes = classes[1:]
-            logits, probs, onehot = logits[:, 1:], probs[:, 1:], onehot[:, 1:]
-            log_probs = None if log_probs is None else log_probs[:, 1:]
-    return Prepared(logits, probs, onehot, labels, mask, classes, activation, log_probs)
+    return Prepared(logits, labels, onehot, mask, classes, activation, other_act)

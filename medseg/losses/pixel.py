@@ -52,17 +52,38 @@ class CrossEntropyLoss(SegmentationLoss):
         self.label_smoothing = float(label_smoothing)
         self.register_buffer("class_weight", class_weight_tensor(weight), persistent=False)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prep = self.prepare(input, target)
-        num_classes = prep.probs.shape[1]
-        shape = [1, num_classes] + [1] * (input.ndim - 2)
-        w = torch.ones(shape, device=input.device) if self.class_weight is None else self.class_weight.to(input.device)
+    def class_weights(self, num_classes: int, device: torch.device) -> torch.Tensor:
+        """Per-class weights ``(C,)``: ``weight`` (or ones), with class 0 zeroed when background is excluded."""
+        w = torch.ones(num_classes, device=device) if self.class_weight is None else self.class_weight.to(device)
         if w.numel() not in (1, num_classes):
             raise ValueError(f"weight has {w.numel()} entries but the input has {num_classes} classes")
-        w = w.expand(num_classes).reshape(shape) if w.numel() == 1 else w.reshape(shape)
+        w = w.expand(num_classes).clone()
         if self.drop_background and num_classes > 1:
-            w = w.clone()
-            w[:, 0] = 0.0
+            w[0] = 0.0
+        return w
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prep = self.prepare(input, target)
+        num_classes = input.shape[1]
+        w = self.class_weights(num_classes, input.device).to(prep.logits.dtype)
+        if prep.activation == "softmax" and prep.labels is not None:
+            # torch's fused kernel: same definition, one pass, no one-hot
+            labels = prep.labels if prep.mask is None else torch.where(prep.mask[:, 0] > 0, prep.labels, -100)
+            loss = torch.nn.functional.cross_entropy(
+                prep.logits,
+                labels,
+                w,
+                ignore_index=-100,
+                reduction="sum" if self.reduction == "mean" else self.reduction,
+                label_smoothing=self.label_smoothing,
+            )
+            if self.reduction != "mean":
+                return loss
+            # torch's weighted mean (Σ loss / Σ w of each voxel's class), but 0 rather than NaN when nothing counts
+            voxel_weight = w[labels.clamp_min(0)] * (labels >= 0)
+            return loss / voxel_weight.sum().clamp_min(1e-12)
+        shape = [1, num_classes] + [1] * (input.ndim - 2)
+        w = w.view(shape)
         hard_target = prep.target
         if self.label_smoothing > 0:
             n = 2 if prep.activation == "sigmoid" else num_classes
