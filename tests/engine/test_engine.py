@@ -1,0 +1,113 @@
+"""PrepareBatchWithAux hands batch keys to the loss inside MONAI's SupervisedTrainer; weights follow the epoch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.engines import SupervisedTrainer
+from monai.transforms import Compose, MapTransform, RandFlipd, RandSpatialCropd
+from torch import nn
+
+from medseg.engine import BatchAuxLoss, LossWeightSchedule, PrepareBatchWithAux, rebalance_schedule
+
+
+class CountingLabelCopy(MapTransform):
+    """Deterministic stand-in for a distance-map transform: dist = 2·label, counting its calls."""
+
+    calls = 0
+
+    def __call__(self, data):
+        type(self).calls += 1
+        d = dict(data)
+        d["dist"] = d["label"].float() * 2
+        return d
+
+
+class AuxCheckingLoss(nn.Module):
+    """Squared error that also asserts the aux map is the one made from *this* batch's (cropped, flipped) label."""
+
+    aux_keys = ("dist",)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, input, target, dist):
+        assert dist.shape == target.shape
+        assert torch.equal(dist, target.float() * 2), "dist is not aligned with the label"
+        self.seen += 1
+        return ((input - target) ** 2).mean()
+
+
+def make_items(n=3):
+    g = torch.Generator().manual_seed(0)
+    return [
+        {"image": torch.randn(1, 12, 10, generator=g), "label": torch.randint(0, 2, (1, 12, 10), generator=g)}
+        for _ in range(n)
+    ]
+
+
+def test_trainer_hands_cached_aux_to_loss_and_transform_runs_once_per_item():
+    CountingLabelCopy.calls = 0
+    transforms = Compose(
+        [
+            CountingLabelCopy(keys="label"),
+            RandSpatialCropd(keys=["image", "label", "dist"], roi_size=(8, 8), random_size=False),
+            RandFlipd(keys=["image", "label", "dist"], prob=0.5, spatial_axis=0),
+        ]
+    )
+    dataset = CacheDataset(make_items(3), transforms, cache_rate=1.0, progress=False)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False)
+    loss = BatchAuxLoss(AuxCheckingLoss())
+    net = nn.Conv2d(1, 1, 3, padding=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+        loss_function=loss,
+        prepare_batch=PrepareBatchWithAux(loss),
+    )
+    trainer.run()
+    assert CountingLabelCopy.calls == 3  # cached: once per item, not once per epoch
+    assert loss.loss.seen == 6
+    assert trainer.state.output[0]["pred"].shape == (1, 8, 8)  # decollated by the engine
+
+
+def test_missing_aux_key_names_the_problem():
+    loss = BatchAuxLoss(AuxCheckingLoss())
+    with pytest.raises(ValueError, match=r"reads \['dist'\]"):
+        loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(KeyError, match="dist"):
+        PrepareBatchWithAux(loss)({"image": torch.zeros(1), "label": torch.zeros(1)})
+
+
+def test_rebalance_schedule_follows_kervadec():
+    schedule = rebalance_schedule("dice", "boundary", step=0.01, floor=0.01)
+    assert schedule(1) == {"dice": 1.0, "boundary": 0.0}
+    assert schedule(11)["dice"] == pytest.approx(0.90)
+    assert schedule(11)["boundary"] == pytest.approx(0.10)
+    assert schedule(500) == {"dice": 0.01, "boundary": pytest.approx(0.99)}
+
+
+class WeightRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def set_weight(self, name, value):
+        self.weights[name] = value
+
+
+def test_weight_schedule_sets_weights_at_each_epoch_start():
+    from ignite.engine import Engine, Events
+
+    recorder = WeightRecorder()
+    engine = Engine(lambda e, b: None)
+    LossWeightSchedule(BatchAuxLoss(recorder), rebalance_schedule("dice", "boundary", step=0.1)).attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(recorder.weights)))
+    engine.run([0], max_epochs=3)
+    assert [round(s["dice"], 6) for s in seen] == [1.0, 0.9, 0.8]
