@@ -1,0 +1,244 @@
+"""Lovász-Softmax and Lovász hinge: kornia parity, hand-worked cases and a set-by-set re-computation."""
+
+from __future__ import annotations
+
+import itertools
+
+import kornia
+import pytest
+import torch
+
+from medseg.losses import LovaszHingeLoss, LovaszSoftmaxLoss
+
+from .cases import CASES
+from .test_properties import one_hot, random_batch
+
+
+def jaccard_loss_of_set(mispredicted: set[int], foreground: set[int]) -> float:
+    """Berman's Δ_J(M) = |M| / |F ∪ M| (0 for an empty set)."""
+    union = foreground | mispredicted
+    return len(mispredicted) / len(union) if union else 0.0
+
+
+def lovasz_by_sets(errors: list[float], foreground: list[bool]) -> float:
+    """Lovász extension by its definition: grow the set of the largest errors one voxel at a time."""
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    fg = {i for i, f in enumerate(foreground) if f}
+    total, previous, grown = 0.0, 0.0, set()
+    for i in order:
+        grown.add(i)
+        current = jaccard_loss_of_set(grown, fg)
+        total += errors[i] * (current - previous)
+        previous = current
+    return total
+
+
+def reference_lovasz_softmax(probs, labels, per_image, classes, ignore_index=None, include_background=True) -> float:
+    """Plain-loop Lovász-Softmax over python lists: mean over images (with a scored class) of the class mean."""
+    batch, num_classes = probs.shape[:2]
+    groups = [[b] for b in range(batch)] if per_image else [list(range(batch))]
+    kept = list(range(0 if include_background else 1, num_classes))
+    scored_classes = kept if isinstance(classes, str) else classes
+    group_losses = []
+    for group in groups:
+        losses = []
+        for c in scored_classes:
+            errors, foreground = [], []
+            for b in group:
+                for p, label in zip(probs[b, c].flatten().tolist(), labels[b, 0].flatten().tolist(), strict=True):
+                    if label == ignore_index:
+                        continue
+                    errors.append(abs(float(label == c) - p))
+                    foreground.append(label == c)
+            if classes == "present" and not any(foreground):
+                continue
+            losses.append(lovasz_by_sets(errors, foreground))
+        if losses:
+            group_losses.append(sum(losses) / len(losses))
+    return sum(group_losses) / len(group_losses) if group_losses else 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_softmax_matches_kornia_per_image_all_classes(dtype):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 6, 7, generator=g, dtype=dtype)
+    labels = torch.randint(0, 4, (3, 1, 6, 7), generator=g)
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=dtype)
+    for w in (None, weight):
+        ours = LovaszSoftmaxLoss(per_image=True, classes="all", weight=w)(logits, labels)
+        theirs = kornia.losses.LovaszSoftmaxLoss(weight=w)(logits, labels[:, 0])
+        assert ours.dtype == dtype
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_softmax_hand_worked_two_classes():
+    # one image, 4 voxels, labels [1, 1, 0, 0], probabilities of class 1: [0.8, 0.4, 0.3, 0.1] (softmax=False)
+    # class 1: errors |g - p| = [0.2, 0.6, 0.3, 0.1]; sorted 0.6 (v2, fg), 0.3 (v3), 0.2 (v1, fg), 0.1 (v4)
+    #   J = |M| / |F ∪ M| with F = {v1, v2}: 1/2, 2/3, 3/3, 4/4
+    #   L1 = 0.6*(1/2) + 0.3*(2/3 - 1/2) + 0.2*(1 - 2/3) + 0.1*0 = 0.3 + 0.05 + 1/15 = 5/12
+    # class 0: same errors; sorted 0.6 (v2), 0.3 (v3, fg), 0.2 (v1), 0.1 (v4, fg), F = {v3, v4}
+    #   J: 1/3, 2/3, 3/4, 4/4
+    #   L0 = 0.6/3 + 0.3*(1/3) + 0.2*(3/4 - 2/3) + 0.1*(1/4) = 0.2 + 0.1 + 1/60 + 1/40 = 41/120
+    # mean = (50/120 + 41/120) / 2 = 91/240
+    p1 = torch.tensor([0.8, 0.4, 0.3, 0.1], dtype=torch.float64)
+    probs = torch.stack([1 - p1, p1]).view(1, 2, 1, 4)
+    labels = torch.tensor([1, 1, 0, 0]).view(1, 1, 1, 4)
+    loss = LovaszSoftmaxLoss(softmax=False)
+    assert torch.allclose(loss(probs, labels), torch.tensor(91 / 240, dtype=torch.float64), atol=1e-12)
+    per_class = LovaszSoftmaxLoss(softmax=False, reduction="none")(probs, labels).flatten()
+    assert torch.allclose(per_class, torch.tensor([41 / 120, 5 / 12], dtype=torch.float64), atol=1e-12)
+    # a third class absent from the target: "present" leaves it out; "all" adds its largest probability
+    # (Jaccard loss of an empty class is a 0/1 step, whose Lovász extension is the max error)
+    p2 = torch.tensor([0.0, 0.3, 0.0, 0.2], dtype=torch.float64)
+    three = torch.cat([probs * (1 - p2).view(1, 1, 1, 4), p2.view(1, 1, 1, 4)], 1)
+    l1 = LovaszSoftmaxLoss(softmax=False, classes=[1])(three, labels)
+    l0 = LovaszSoftmaxLoss(softmax=False, classes=[0])(three, labels)
+    present = LovaszSoftmaxLoss(softmax=False)(three, labels)
+    every = LovaszSoftmaxLoss(softmax=False, classes="all")(three, labels)
+    assert torch.allclose(present, (l0 + l1) / 2, atol=1e-12)
+    assert torch.allclose(every, (l0 + l1 + 0.3) / 3, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "per_image,classes,spatial,ignore",
+    [
+        (False, "present", (5, 6), False),
+        (True, "present", (5, 6), True),
+        (True, "all", (3, 4, 5), False),
+        (False, [2, 0], (3, 4, 5), True),
+    ],
+)
+def test_softmax_matches_set_definition(per_image, classes, spatial, ignore):
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 4, *spatial, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 1, *spatial), generator=g)  # class 3 absent
+    labels[0, 0, 0] = 1
+    ignore_index = 255 if ignore else None
+    if ignore:
+        labels[1, 0, -1] = 255
+    ours = LovaszSoftmaxLoss(per_image=per_image, classes=classes, ignore_index=ignore_index)(logits, labels)
+    expected = reference_lovasz_softmax(logits.softmax(1), labels, per_image, classes, ignore_index)
+    assert abs(ours.item() - expected) < 1e-10
+
+
+def test_softmax_include_background_false_matches_set_definition():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 1, 4, 5), generator=g)
+    ours = LovaszSoftmaxLoss(include_background=False, per_image=True)(logits, labels)
+    expected = reference_lovasz_softmax(logits.softmax(1), labels, True, "present", include_background=False)
+    assert abs(ours.item() - expected) < 1e-10
+
+
+def test_background_only_image_in_small_batch():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 5, 5), generator=g)
+    labels[0] = 0
+    # background scored: the background-only image contributes mean(1 - p0) (errors all weighted 1/N)
+    per_image = LovaszSoftmaxLoss(per_image=True, reduction="none")(logits, labels)[..., 0, 0]
+    p0 = logits.softmax(1)[0, 0]
+    assert torch.allclose(per_image[0], torch.stack([(1 - p0).mean(), p0.new_zeros(()), p0.new_zeros(())]))
+    # background not scored: the image has no scored class and is left out of the mean over images
+    loss = LovaszSoftmaxLoss(include_background=False, per_image=True)
+    assert torch.allclose(loss(logits, labels), loss(logits[1:], labels[1:]), atol=1e-12)
+    # a batch with nothing scored gives a finite 0 and zero gradient
+    value = loss(logits, torch.zeros_like(labels))
+    value.backward()
+    assert value.item() == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_softmax_sorts_all_classes_in_one_call(monkeypatch):
+    calls = []
+    original_sort = torch.sort
+
+    def counting_sort(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original_sort(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "sort", counting_sort)
+    logits, labels = torch.randn(2, 5, 4, 4, 4), torch.randint(0, 5, (2, 1, 4, 4, 4))
+    LovaszSoftmaxLoss(per_image=True, classes="all")(logits, labels)
+    assert calls == [torch.Size([2, 5, 64])]
+
+
+def test_float64_is_kept():
+    logits, labels = torch.randn(1, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (1, 1, 4, 4))
+    for loss in (LovaszSoftmaxLoss(), LovaszHingeLoss()):
+        assert loss(logits, labels).dtype == torch.float64
+
+
+def test_softmax_gradcheck_per_image_3d_with_ignore():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 3, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 3, 3, 2), generator=g)
+    labels[0, 0, 0] = 255
+    loss = LovaszSoftmaxLoss(per_image=True, classes="all", ignore_index=255)
+    assert torch.autograd.gradcheck(lambda x: loss(x, labels), (logits,), eps=1e-6, atol=1e-5)
+
+
+def test_softmax_bad_arguments_raise():
+    with pytest.raises(ValueError, match="classes"):
+        LovaszSoftmaxLoss(classes="some")
+    with pytest.raises(ValueError, match="classes"):
+        LovaszSoftmaxLoss(classes=[1, 1])
+    logits, labels = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 1, 4, 4))
+    with pytest.raises(ValueError, match="not among"):
+        LovaszSoftmaxLoss(classes=[3])(logits, labels)
+    with pytest.raises(ValueError, match="include_background"):
+        LovaszSoftmaxLoss(classes=[0], include_background=False)(logits, labels)
+    with pytest.raises(ValueError, match="weight"):
+        LovaszSoftmaxLoss(weight=[1.0, 2.0])(logits, labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_hinge_matches_kornia(dtype):
+    g = torch.Generator().manual_seed(8)
+    logits = 2 * torch.randn(3, 1, 6, 7, generator=g, dtype=dtype)
+    labels = torch.randint(0, 2, (3, 1, 6, 7), generator=g)
+    labels[1] = 0  # a background-only image
+    theirs = kornia.losses.LovaszHingeLoss()
+    assert torch.allclose(LovaszHingeLoss()(logits, labels), theirs(logits, labels[:, 0]), atol=1e-5, rtol=0)
+    # per_image=False scores the batch as one image: kornia on the images stacked into one
+    whole = LovaszHingeLoss(per_image=False)(logits, labels)
+    assert torch.allclose(whole, theirs(logits.reshape(1, 1, 18, 7), labels.reshape(1, 18, 7)), atol=1e-5, rtol=0)
+
+
+def test_hinge_ignore_index_and_channels_match_kornia_on_kept_voxels():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 1, 5, 6), generator=g)
+    labels[0, 0, :2] = 255
+    labels[1, 0, :, 0] = 255
+    ours = LovaszHingeLoss(ignore_index=255)(logits, labels)
+    terms = []
+    for b, c in itertools.product(range(2), range(3)):
+        kept = labels[b, 0] != 255
+        z = logits[b, c][kept].view(1, 1, 1, -1)
+        t = (labels[b, 0][kept] == c).long().view(1, 1, -1)
+        terms.append(kornia.losses.LovaszHingeLoss()(z, t))
+    assert torch.allclose(ours, torch.stack(terms).mean(), atol=1e-10)
+
+
+def test_hinge_hand_worked():
+    # logits [2, 0.5, -0.2, -3], labels [1, 0, 1, 0]: hinge errors 1 - z(2g-1) = [-1, 1.5, 1.2, -2] -> relu
+    # [0, 1.5, 1.2, 0]; sorted 1.5 (v2, bg), 1.2 (v3, fg), then zeros; F = {v1, v3}
+    # J: M={v2} -> 1/3, M={v2,v3} -> 2/3; loss = 1.5*(1/3) + 1.2*(2/3 - 1/3) = 0.9
+    logits = torch.tensor([2.0, 0.5, -0.2, -3.0], dtype=torch.float64).view(1, 1, 1, 4)
+    labels = torch.tensor([1, 0, 1, 0]).view(1, 1, 1, 4)
+    assert torch.allclose(LovaszHingeLoss()(logits, labels), torch.tensor(0.9, dtype=torch.float64), atol=1e-12)
+    # background only: the Lovász extension of the 0/1 step is max(0, 1 + max z) = 1 + 2
+    assert torch.allclose(LovaszHingeLoss()(logits, torch.zeros_like(labels)), torch.tensor(3.0, dtype=torch.float64))
+
+
+def test_gradcheck_eps_stays_between_ties():
+    """The gradcheck step of the property tests (cases_region.py) cannot cross a tie of the sorted errors."""
+    logits, labels = random_batch(CASES["lovasz"], spatial=(4, 4))  # the gradcheck batch of test_properties.py
+    target = one_hot(labels, 3)
+    eps = CASES["lovasz"].gradcheck_eps
+    softmax_errors = (target - logits.softmax(1)).abs().transpose(0, 1).flatten(1).sort(-1).values
+    # one logit step of eps moves an error by at most eps/4 (|dp/dx| <= 1/4); the step goes both ways
+    assert softmax_errors.diff(dim=-1).min() > 100 * 2 * eps / 4
+    hinge_errors = 1 - logits * (2 * target - 1)
+    assert hinge_errors.flatten(2).sort(-1).values.diff(dim=-1).min() > 100 * 2 * CASES["lovasz_hinge"].gradcheck_eps
+    assert hinge_errors.abs().min() > 100 * CASES["lovasz_hinge"].gradcheck_eps
