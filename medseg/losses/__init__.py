@@ -5,6 +5,7 @@ losses; each family module lists its classes in ``__all__``.
 """
 
 from .boundary import *  # noqa: F403
+from .boundary_networks import *  # noqa: F403
 from .compound import *  # noqa: F403
 from .lovasz import *  # noqa: F403
 from .mutual_information import *  # noqa: F403
