@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+from torch.nn.functional import logsigmoid
 
-from ._prepare import Prepared, SegmentationLoss, class_weight_tensor
+from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, prepare
 from .registry import register
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = [
+    "BalancedCrossEntropyLoss",
+    "ConservativeLoss",
+    "CrossEntropyLoss",
+    "DistancePenalizedCELoss",
+    "FocalLoss",
+    "TopKLoss",
+]
 
 
 def voxel_cross_entropy(prep: Prepared) -> torch.Tensor:
     """Per-voxel, per-class cross-entropy terms ``-g log p`` (softmax) or binary CE (sigmoid), ``(B, C', ...)``."""
     if prep.activation == "sigmoid":
         g = prep.target
-        return -(g * prep.log_probs + (1 - g) * torch.nn.functional.logsigmoid(-prep.logits))
+        return -(g * prep.log_probs + (1 - g) * logsigmoid(-prep.logits))
     return -prep.target * prep.log_probs
+
+
+def is_single_channel(input: torch.Tensor) -> bool:
+    """True for a ``(B, 1, ...)`` tensor: a binary problem whose one logit goes through a sigmoid."""
+    return isinstance(input, torch.Tensor) and input.ndim > 1 and input.shape[1] == 1
+
+
+def prepare_exclusive(loss: SegmentationLoss, input: torch.Tensor, target: torch.Tensor) -> Prepared:
+    """Prepare mutually exclusive classes, all kept: softmax over C > 1 channels, sigmoid for one channel."""
+    binary = is_single_channel(input)
+    return prepare(input, target, sigmoid=binary, softmax=not binary, ignore_index=loss.ignore_index)
+
+
+def reduce_over_voxels(loss: torch.Tensor, prep: Prepared, reduction: str) -> torch.Tensor:
+    """``"none"``: ``loss`` as is; ``"sum"``: its sum; ``"mean"``: its sum over the number of voxels that take
+    part (the batch's voxels minus the ignored ones), whatever the number of class channels ``loss`` has."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / prep.voxel_count().sum().clamp_min(1)
 
 
 @register("ce", "pixel", "Cross-entropy; e.g. Long, Shelhamer, Darrell, FCN, CVPR 2015")
@@ -102,3 +132,354 @@ class CrossEntropyLoss(SegmentationLoss):
             return voxel_loss.sum()
         # torch's weighted mean: divide by the summed weight of each voxel's true class
         return voxel_loss.sum() / (w * hard_target).sum().clamp_min(1e-12)
+
+
+def voxel_nll(prep: Prepared) -> torch.Tensor:
+    """Per-voxel :math:`-\\log p_t` of the true class, ``(B, *spatial)``, 0 at ignored voxels.
+
+    ``prep`` comes from :func:`prepare_exclusive`: torch's fused cross-entropy for softmax (no one-hot),
+    binary CE for a single sigmoid channel.
+    """
+    if prep.activation == "sigmoid":
+        return prep.masked(voxel_cross_entropy(prep))[:, 0]
+    labels = prep.labels if prep.mask is None else torch.where(prep.mask[:, 0] > 0, prep.labels, -100)
+    return torch.nn.functional.cross_entropy(prep.logits, labels, ignore_index=-100, reduction="none")
+
+
+@register("balanced_ce", "pixel", "Xie & Tu, Holistically-Nested Edge Detection (HED), ICCV 2015")
+class BalancedCrossEntropyLoss(SegmentationLoss):
+    r"""Class-balanced binary cross-entropy of HED, one-vs-rest per class channel (sigmoid).
+
+    .. math:: L_c = -\big[\beta_c\, g_c \log p_c + (1 - \beta_c)(1 - g_c) \log(1 - p_c)\big],
+        \qquad \beta_c = \frac{|Y^-_c|}{|Y^+_c| + |Y^-_c|}
+
+    with :math:`p_c = \sigma(x_c)` and :math:`\beta_c` the fraction of negatives of class :math:`c` among the
+    voxels that take part, counted over the whole batch (HED's Eq. 2; computed from the target, so it carries
+    no gradient). A single channel is the binary problem of the paper; with C channels each class is its own
+    binary problem (multi-label one-hot targets are accepted).
+
+    ``reduction="mean"`` divides the sum by (voxels that take part) × (classes kept), as
+    ``pytorch_toolbelt.losses.BalancedBCEWithLogitsLoss`` (gamma=1) does without ignored voxels; ``"none"``
+    returns the per-voxel, per-class terms ``(B, C', *spatial)``, 0 at ignored voxels.
+
+    Empty classes: a class absent from the batch has :math:`\beta_c = 1`, so its negative term has weight 0
+    and it contributes nothing (nor does a class that fills every voxel); that is the definition, not a guard.
+
+    Reference: Xie & Tu, "Holistically-Nested Edge Detection", ICCV 2015. No parameters beyond MONAI's
+    common ones; takes logits (the sigmoid is part of the loss).
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__(include_background, to_onehot_y, True, False, None, reduction, ignore_index)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prep = self.prepare(input, target)
+        g = prep.target
+        num_voxels = prep.voxel_count().sum()
+        positives = g.sum([0, *prep.spatial_dims])
+        beta = ((num_voxels - positives) / num_voxels.clamp_min(1)).view(1, -1, *([1] * len(prep.spatial_dims)))
+        terms = -(beta * g * prep.log_probs + (1 - beta) * (1 - g) * logsigmoid(-prep.logits))
+        terms = prep.masked(terms)
+        if self.reduction == "none":
+            return terms
+        if self.reduction == "sum":
+            return terms.sum()
+        return terms.sum() / (num_voxels * terms.shape[1]).clamp_min(1)
+
+
+@register(
+    "topk",
+    "pixel",
+    "Wu, Shen, van den Hengel, Bridging Category-level and Instance-level Semantic Image Segmentation, "
+    "arXiv 2016; k=10 as in nnU-Net (Isensee et al., Nature Methods 2021)",
+)
+class TopKLoss(SegmentationLoss):
+    r"""Mean of the k % largest per-voxel cross-entropy values of the batch (online hard-voxel mining).
+
+    .. math:: L = \frac{1}{K} \sum_{i \in \mathrm{top}_K} -\log p_{i, y_i}, \qquad
+        K = \max\big(1, \lfloor N k / 100 \rfloor\big)
+
+    over the N voxels of the whole batch that take part, as nnU-Net v2's ``TopKLoss`` does (softmax
+    cross-entropy; a single channel uses binary CE with a sigmoid). Unlike nnU-Net, ignored voxels are
+    neither candidates nor counted in N, and K is at least one voxel (nnU-Net's mean of an empty selection is
+    NaN); with every voxel ignored the loss is 0.
+
+    Default ``k=10`` (%) from nnU-Net's ``nnUNetTrainer_TopK10``. ``reduction="none"`` returns the per-voxel
+    CE ``(B, *spatial)`` of the selected voxels and 0 elsewhere; ``"sum"`` their sum, ``"mean"`` sum / K.
+    Class-free: an absent class changes nothing. With ``ignore_index`` the count N is read back to the host
+    (one synchronisation per call).
+
+    Reference: Wu, Shen, van den Hengel, "Bridging Category-level and Instance-level Semantic Image
+    Segmentation", arXiv:1605.06885, 2016; nnU-Net v2 ``nnunetv2/training/loss/robust_ce_loss.py``.
+    """
+
+    def __init__(
+        self,
+        k: float = 10.0,
+        to_onehot_y: bool = False,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__(True, to_onehot_y, False, True, None, reduction, ignore_index)
+        if not 0 < k <= 100:
+            raise ValueError(f"k is a percentage of voxels and must be in (0, 100], got {k}")
+        self.k = float(k)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prep = prepare_exclusive(self, input, target)
+        nll = voxel_nll(prep).flatten()
+        if prep.mask is None:
+            num_voxels = nll.numel()
+        else:
+            taking_part = prep.mask.flatten() > 0
+            num_voxels = int(taking_part.sum())
+            nll = nll.masked_fill(~taking_part, float("-inf"))  # ignored voxels are never selected
+        num_selected = min(num_voxels, max(1, int(num_voxels * self.k / 100)))
+        top = torch.topk(nll, num_selected, sorted=False)
+        if self.reduction == "none":
+            return torch.zeros_like(nll).scatter(0, top.indices, top.values).view(input.shape[0], *input.shape[2:])
+        total = top.values.sum()
+        return total if self.reduction == "sum" else total / max(num_selected, 1)
+
+
+@register("focal", "pixel", "Lin, Goyal, Girshick, He, Dollár, Focal Loss for Dense Object Detection, ICCV 2017")
+class FocalLoss(SegmentationLoss):
+    r"""Focal loss :math:`-\alpha_t (1 - p_t)^\gamma \log p_t`, softmax (default) or sigmoid.
+
+    Softmax: :math:`-\sum_c \alpha_c w_c\, g_c (1 - p_c)^\gamma \log p_c` per voxel. Sigmoid: each channel is
+    a binary problem, :math:`p_t = p` where :math:`g = 1` and :math:`1 - p` where :math:`g = 0`.
+    ``sigmoid=True`` or ``softmax=False`` selects the sigmoid (MONAI's ``use_softmax=False``); a single-channel
+    input always uses the sigmoid.
+
+    Reductions as :class:`CrossEntropyLoss` (γ = 0, no α or weight, all classes: its numbers). Softmax:
+    ``"mean"`` averages the per-voxel loss (summed over the classes) over the voxels that take part and
+    ``"none"`` returns it, ``(B, *spatial)``. Sigmoid: ``"mean"`` averages over voxels × classes and ``"none"``
+    returns the per-class terms ``(B, C', *spatial)``. ``"sum"`` is the plain sum.
+
+    Against MONAI's ``FocalLoss(use_softmax=softmax)``: sigmoid gives MONAI's numbers (and
+    ``torchvision.ops.sigmoid_focal_loss``'s); softmax gives MONAI × C', as MONAI averages over voxels ×
+    classes. With ``ignore_index`` MONAI divides by the voxels only: softmax then agrees and sigmoid is
+    MONAI / C'. MONAI's ``"sum"`` first averages over the spatial dims; ours does not. As in MONAI,
+    ``include_background=False`` with softmax drops channel 0 *before* the softmax (background voxels add 0).
+
+    Args:
+        gamma: focusing exponent γ ≥ 0; 2 from Lin et al. (γ = 0 gives CE / BCE).
+        alpha: α-balancing. Softmax: a scalar gives class 0 weight 1 − α and the others α (MONAI's rule; needs
+            ``include_background=True``), a sequence one α per kept class. Sigmoid: a scalar weighs positives by α
+            and negatives by 1 − α (Lin et al., torchvision use 0.25), a sequence weighs class c's positives by
+            α_c. Default ``None``: no α.
+        weight: per-class weight multiplied into each class's terms (MONAI's ``weight``).
+
+    Empty classes: an absent class adds nothing with softmax; with sigmoid only its negative terms,
+    small when it is predicted absent.
+
+    Reference: Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection", ICCV 2017.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = True,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | torch.Tensor | None = None,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+    ) -> None:
+        use_softmax = softmax and not sigmoid
+        super().__init__(include_background, to_onehot_y, not use_softmax, use_softmax, None, reduction, ignore_index)
+        if gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {gamma}")
+        self.gamma = float(gamma)
+        alpha_tensor = class_weight_tensor(alpha, "alpha")
+        if alpha_tensor is not None and (alpha_tensor > 1).any():
+            raise ValueError(f"alpha values must be in [0, 1], got {alpha_tensor.tolist()}")
+        if alpha_tensor is not None and alpha_tensor.ndim == 0 and use_softmax and not include_background:
+            raise ValueError(
+                "a scalar alpha weighs class 0 by 1 - alpha and the others by alpha, but include_background=False "
+                "drops class 0; pass one alpha per kept class instead"
+            )
+        self.register_buffer("alpha", alpha_tensor, persistent=False)
+        self.register_buffer("class_weight", class_weight_tensor(weight), persistent=False)
+
+    def alpha_factor(self, g: torch.Tensor, use_softmax: bool) -> torch.Tensor | None:
+        """α_t broadcastable against the per-class terms, or ``None`` without α."""
+        if self.alpha is None:
+            return None
+        alpha = self.alpha.to(g)
+        num_classes = g.shape[1]
+        if alpha.ndim == 1 and alpha.numel() != num_classes:
+            raise ValueError(f"alpha has {alpha.numel()} entries but the loss has {num_classes} classes")
+        per_class = [1, num_classes] + [1] * (g.ndim - 2)
+        if use_softmax:
+            if alpha.ndim == 0:
+                alpha = torch.cat([1 - alpha.view(1), alpha.expand(num_classes - 1)])
+            return alpha.view(per_class)
+        if alpha.ndim == 0:
+            return alpha * g + (1 - alpha) * (1 - g)
+        return 1 + (alpha.view(per_class) - 1) * g  # α_c on positives, 1 on negatives (MONAI)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        use_softmax = self.softmax and not is_single_channel(input)
+        prep = prepare(
+            input,
+            target,
+            self.include_background,
+            sigmoid=not use_softmax,
+            softmax=use_softmax,
+            ignore_index=self.ignore_index,
+        )
+        g = prep.target
+        if use_softmax:
+            # MONAI's rule: without background the softmax runs over the kept classes only
+            log_p = prep.log_probs if self.include_background else torch.log_softmax(prep.logits, 1)
+            terms = -g * (1 - log_p.exp()).pow(self.gamma) * log_p
+        else:
+            x = prep.logits
+            log_pt = g * logsigmoid(x) + (1 - g) * logsigmoid(-x)
+            one_minus_pt = torch.sigmoid(x * (1 - 2 * g))  # σ(−x) for positives, σ(x) for negatives: no cancellation
+            terms = -one_minus_pt.pow(self.gamma) * log_pt
+        alpha_t = self.alpha_factor(g, use_softmax)
+        if alpha_t is not None:
+            terms = alpha_t * terms
+        terms = prep.masked(apply_class_weight(terms, self.class_weight))
+        if use_softmax:
+            return reduce_over_voxels(terms.sum(1), prep, self.reduction)
+        if self.reduction == "mean":
+            return terms.sum() / (prep.voxel_count().sum() * terms.shape[1]).clamp_min(1)
+        return reduce_over_voxels(terms, prep, self.reduction)
+
+
+@register(
+    "dpce",
+    "pixel",
+    "Calivá, Iriondo, Martinez, Majumdar, Pedoia, Distance Map Loss Penalty Term for Semantic Segmentation, MIDL 2019",
+)
+class DistancePenalizedCELoss(SegmentationLoss):
+    r"""Distance-penalised cross-entropy :math:`(1 + \Phi) \cdot \mathrm{CE}`: errors near boundaries cost more.
+
+    .. math:: L = \frac{1}{N} \sum_i \big(1 + \Phi_{y_i}(i)\big)\,\big(-\log p_{i, y_i}\big)
+
+    :math:`\Phi` is the ground truth's distance map inverted and max-normalised (1 at the boundary, decaying to
+    0 far from it), read from ``forward(input, target, dist=...)``: the ``(B, C, *spatial)`` class-wise map of
+    the distance transform in mode ``penalty``, computed once per sample by a cached transform. A voxel is
+    weighted by the map of its *true* class, :math:`\Phi_{y_i}(i)`: its closeness to the boundary of the
+    structure it belongs to (the element-wise product :math:`(1 + \Phi) \odot` CE of the paper, the CE being
+    non-zero only in the true class's channel). A ``(B, 1, *spatial)`` map is used as is for every voxel.
+    Softmax cross-entropy; a single channel uses binary CE with a sigmoid. There is no on-the-fly fallback:
+    a missing or mis-shaped map raises ``ValueError``.
+
+    ``reduction="mean"`` averages over the voxels that take part; ``"none"`` returns ``(B, *spatial)``.
+    Empty classes: an absent class's map is never read (no voxel has it as its true class).
+
+    Reference: Calivá, Iriondo, Martinez, Majumdar, Pedoia, "Distance Map Loss Penalty Term for Semantic
+    Segmentation", MIDL 2019 (extended abstract, arXiv:1908.03679). No parameters beyond MONAI's common ones.
+    """
+
+    aux_keys = ("dist",)
+
+    def __init__(self, to_onehot_y: bool = False, reduction: str = "mean", ignore_index: int | None = None) -> None:
+        super().__init__(True, to_onehot_y, False, True, None, reduction, ignore_index)
+
+    @staticmethod
+    def true_class_penalty(dist: torch.Tensor | None, prep: Prepared) -> torch.Tensor:
+        """Validate the ``dist`` map and return Φ of each voxel's true class, ``(B, *spatial)``."""
+        logits = prep.logits
+        expected = f"(B, C, *spatial) or (B, 1, *spatial) for input shape {tuple(logits.shape)}"
+        if dist is None:
+            raise ValueError(
+                "DistancePenalizedCELoss needs the aux tensor 'dist' (the distance transform in mode 'penalty'): "
+                f"call loss(input, target, dist=penalty_map) with a map of shape {expected}"
+            )
+        if not isinstance(dist, torch.Tensor):
+            raise TypeError(f"dist must be a torch tensor, got {type(dist).__name__}")
+        if (
+            dist.ndim != logits.ndim
+            or dist.shape[0] != logits.shape[0]
+            or dist.shape[2:] != logits.shape[2:]
+            or dist.shape[1] not in (1, logits.shape[1])
+        ):
+            raise ValueError(f"dist map shape {tuple(dist.shape)} does not match: expected {expected}")
+        dist = dist.to(logits.dtype)
+        lowest, highest = (float(v) for v in torch.aminmax(dist))
+        if not (math.isfinite(lowest) and math.isfinite(highest)):
+            raise ValueError("dist map contains NaN or inf values")
+        if lowest < 0:
+            raise ValueError(f"dist map has negative values (min {lowest:g}); the penalty map Φ lies in [0, 1]")
+        if dist.shape[1] == 1:
+            return dist[:, 0]
+        return dist.gather(1, prep.labels.unsqueeze(1))[:, 0]
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
+        prep = prepare_exclusive(self, input, target)
+        voxel_loss = (1 + self.true_class_penalty(dist, prep)) * voxel_nll(prep)
+        return reduce_over_voxels(voxel_loss, prep, self.reduction)
+
+
+@register(
+    "conservative",
+    "extra",
+    "Zhu, Zhou, Yang, Shi, Lin, Penalizing Top Performers: Conservative Loss for Semantic Segmentation "
+    "Adaptation, ECCV 2018",
+)
+class ConservativeLoss(SegmentationLoss):
+    r"""Conservative loss :math:`\lambda (1 + \log_a p_t)^2 \log_a(-\log_a p_t)` per voxel, clamped as p_t → 1.
+
+    With :math:`t = -\log_a p_t` (the true class's CE in base a) the loss is
+    :math:`\lambda (1 - t)^2 \log_a t`, evaluated at :math:`\max(t, \varepsilon)`; softmax over the classes
+    (a single channel uses a sigmoid). Defaults a = e and λ = 5 from Zhu et al.
+
+    Sign, checked: as printed the loss is positive for :math:`p_t < 1/a`, 0 at :math:`p_t = 1/a` and negative
+    above, and it decreases monotonically in :math:`p_t` (its slope vanishes only at :math:`1/a`), so
+    minimising it raises :math:`p_t` everywhere; negating it would train towards wrong labels, so the printed
+    sign is kept and the loss is negative by definition for confident voxels. Its magnitude is large at both
+    extremes ("penalises the extreme good and bad cases"); on the true-class logit the pull vanishes at
+    :math:`p_t = 1/a` and, unlike CE's :math:`1 - p_t`, tends to the constant :math:`\lambda / \ln a` as
+    :math:`p_t \to 1`, where the loss tends to −∞. Clamp (medseg's choice, the paper has none):
+    ``eps`` = 1e-3 as the floor of :math:`t`, i.e. :math:`p_t \le a^{-\varepsilon} \approx 0.999`, so the loss is
+    bounded below by :math:`\lambda (1 - \varepsilon)^2 \log_a \varepsilon \approx -34.47`, finite in float32
+    and bfloat16, and a voxel past the clamp gets no gradient.
+
+    ``reduction="mean"`` averages over the voxels that take part; ``"none"`` returns ``(B, *spatial)``
+    (0 at ignored voxels). Class-free per voxel: an absent class changes nothing.
+
+    Reference: Zhu, Zhou, Yang, Shi, Lin, "Penalizing Top Performers: Conservative Loss for Semantic
+    Segmentation Adaptation", ECCV 2018.
+    """
+
+    def __init__(
+        self,
+        to_onehot_y: bool = False,
+        scale: float = 5.0,
+        base: float = math.e,
+        eps: float = 1e-3,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+    ) -> None:
+        super().__init__(True, to_onehot_y, False, True, None, reduction, ignore_index)
+        if scale <= 0:
+            raise ValueError(f"scale (λ) must be positive, got {scale}")
+        if base <= 1:
+            raise ValueError(f"base (a) of the logarithm must be > 1, got {base}")
+        if not 0 < eps < 1:
+            raise ValueError(f"eps (the clamp on -log_a p_t) must be in (0, 1), got {eps}")
+        self.scale = float(scale)
+        self.base = float(base)
+        self.eps = float(eps)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prep = prepare_exclusive(self, input, target)
+        log_base = math.log(self.base)
+        t = (voxel_nll(prep) / log_base).clamp_min(self.eps)  # -log_a p_t
+        voxel_loss = self.scale * (1 - t) ** 2 * torch.log(t) / log_base
+        if prep.mask is not None:
+            voxel_loss = voxel_loss * prep.mask[:, 0]
+        return reduce_over_voxels(voxel_loss, prep, self.reduction)

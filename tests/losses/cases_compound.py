@@ -2,4 +2,10 @@
 
 from ._case import Case, penalty_map  # noqa: F401
 
-COMPOUND_CASES: dict[str, Case] = {}
+COMPOUND_CASES: dict[str, Case] = {
+    "dice_ce": Case({"softmax": True}),
+    "dice_focal": Case({"softmax": True}),
+    "combo": Case({"softmax": True}),
+    "exp_log": Case({"softmax": True}),
+    "unified_focal": Case({"softmax": True}),
+}

@@ -108,3 +108,12 @@ def test_dice_hand_worked():
     labels = torch.tensor([1, 1, 0, 0]).view(1, 1, 2, 2)
     loss = DiceLoss(smooth_nr=0, smooth_dr=0)(probs, labels)
     assert loss.item() == pytest.approx((1 - 3.4 / 4.2 + 1 - 3.0 / 3.8) / 2, abs=1e-12)
+
+
+def test_dice_single_channel_ignores_weight_as_monai():
+    x, y = batch(classes=1)
+    y = (y > 0).double()
+    x = torch.randn_like(x)
+    ours = DiceLoss(sigmoid=True, weight=[3.0])(x, y)
+    ref = monai.losses.DiceLoss(sigmoid=True, weight=[3.0])(x, y)
+    assert torch.allclose(ours, ref.to(ours.dtype), atol=1e-6)

@@ -34,7 +34,9 @@ def call(loss, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     case = CASES[name]
     aux = {}
     if case.aux is not None:
-        clean = torch.where(labels == IGNORE, torch.zeros_like(labels), labels)
+        # aux maps are built from valid labels only, so that bad labels reach the loss's own checks
+        invalid = (labels == IGNORE) | (labels < 0) | (labels >= case.num_classes)
+        clean = torch.where(invalid, torch.zeros_like(labels), labels)
         aux = case.aux(one_hot(clean, case.num_classes, logits.dtype), clean)
     return loss(logits, labels, **aux)
 
