@@ -32,12 +32,9 @@ KWARGS: dict[str, dict] = {
     "focal": {},
     "dpce": {},
     "conservative": {},
-    "balanced_ce": {"sigmoid": True},
+    "balanced_ce": {},
     "lovasz_hinge": {},
     "rmi": {},
-    "combo": {},
-    "exp_log": {},
-    "unified_focal": {},
 }
 
 
@@ -159,6 +156,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--markdown", help="also write the tables to this markdown file")
+    parser.add_argument(
+        "--section",
+        nargs="+",
+        choices=["losses", "transforms"],
+        default=["losses"],
+        help="losses: every loss on the workloads; transforms: DistanceMapd vs MONAI and scipy (bench_transforms.py)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -169,11 +173,21 @@ def main() -> None:
     if args.device.startswith("cuda"):
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     out = [f"machine: {machine}; repeats: {args.repeats} (median of forward+backward)"]
-    for w in args.workload:
+    for w in args.workload if "losses" in args.section else []:
         table = bench_workload(WORKLOADS[w], names, args.repeats, args.device)
         text = f"\n### {w} logits {WORKLOADS[w]} float32\n\n" + table.round(2).to_markdown()
         print(text, flush=True)
         out.append(text)
+    if "transforms" in args.section:
+        from bench_transforms import bench_cache_dataset, bench_distance_maps
+
+        for title, table in (
+            ("signed distance maps", bench_distance_maps(args.repeats)),
+            ("CacheDataset build, 96^3 label maps, 14 classes", bench_cache_dataset()),
+        ):
+            text = f"\n### {title}\n\n" + table.round(3).to_markdown()
+            print(text, flush=True)
+            out.append(text)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(out) + "\n")
