@@ -9,7 +9,11 @@ the engine's outputs, metrics and handlers stay standard. :class:`LossWeightSche
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,3 +126,96 @@ class LossWeightSchedule:
     def __call__(self, engine) -> None:
         for name, weight in self.schedule(engine.state.epoch).items():
             self.loss.set_weight(name, weight)
+
+
+def trainable_parameters(network: nn.Module, loss: nn.Module) -> list[nn.Parameter]:
+    """The network's parameters plus any the loss learns (e.g. the Robust T-Loss's ν), for the optimizer."""
+    return [p for p in (*network.parameters(), *loss.parameters()) if p.requires_grad]
+
+
+def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest ``*_epoch=N.pt`` file that MONAI's ``CheckpointSaver(save_interval=...)`` wrote, or None."""
+    found = []
+    for path in Path(ckpt_dir).glob("*epoch=*.pt"):
+        match = re.search(r"epoch=(\d+)\.pt$", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+class ResumeFromCheckpoint:
+    """Ignite handler: continue an interrupted run from the last epoch checkpoint in ``ckpt_dir`` (if any).
+
+    Wraps MONAI's ``CheckpointLoader`` (network, optimizer and trainer state, so the epoch count and the optimizer's
+    moments carry on). Does nothing when ``enabled`` is false or no checkpoint is there yet.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        load_dict: Mapping[str, Any],
+        enabled: bool = True,
+        map_location: str | torch.device | None = None,
+    ) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = dict(load_dict)
+        self.enabled = enabled
+        self.map_location = map_location
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine) -> None:
+        from monai.handlers import CheckpointLoader
+
+        path = last_checkpoint(self.ckpt_dir) if self.enabled else None
+        if path is None:
+            return
+        self.loaded_from = path
+        logging.getLogger(__name__).info("resuming from %s", path)
+        CheckpointLoader(str(path), self.load_dict, map_location=self.map_location).attach(engine)
+
+
+def progress_bar():
+    """Ignite's progress bar when the output is a terminal (log files get MONAI's StatsHandler lines instead)."""
+    if not sys.stderr.isatty():
+        return None
+    from ignite.contrib.handlers import ProgressBar
+
+    return ProgressBar(persist=True)
+
+
+def enabled_handlers(handlers: Sequence[Any], loss_schedule: Callable | None = None, loss: nn.Module | None = None):
+    """The bundle's handler list without ``None`` entries, plus a :class:`LossWeightSchedule` when configured."""
+    out = [h for h in handlers if h is not None]
+    if loss_schedule is not None:
+        if loss is None:
+            raise ValueError("a loss_schedule needs the loss it schedules")
+        out.append(LossWeightSchedule(loss, loss_schedule))
+    bar = progress_bar()
+    return out if bar is None else [*out, bar]
+
+
+def check_num_classes(network: nn.Module, num_classes: int, roi_size: Sequence[int] | None = None) -> None:
+    """Raise a clear error when the network's output channels differ from ``num_classes``."""
+    out_channels = getattr(network, "out_channels", None)
+    if out_channels is None and roi_size is not None:
+        device = next(network.parameters()).device
+        in_channels = getattr(network, "in_channels", 1)
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            out_channels = network(torch.zeros(1, in_channels, *roi_size, device=device)).shape[1]
+        network.train(was_training)
+    if out_channels is not None and int(out_channels) != int(num_classes):
+        raise ValueError(
+            f"the network outputs {out_channels} channels but num_classes is {num_classes}: set the network's "
+            "out_channels to num_classes (or override num_classes)"
+        )
+
+
+def rank_zero_handlers(handlers: Sequence[Any], rank: int) -> list[Any]:
+    """For DDP: every rank resumes and validates; only rank 0 saves checkpoints and writes logs."""
+    if rank == 0:
+        return list(handlers)
+    from monai.handlers import ValidationHandler
+
+    return [h for h in handlers if isinstance(h, ResumeFromCheckpoint | ValidationHandler)]

@@ -1,0 +1,120 @@
+"""Write one bundle config overlay per registered loss: configs/losses/<name>.json (``--check``: fail if stale).
+
+Each overlay sets the bundle's ``loss_weights``/``loss_kwargs`` to the survey's protocol, 0.5·CE + 0.5·X with the
+paper's recommended hyperparameters (a compound loss that already contains CE, and CE itself, are used alone), and,
+for losses that read a distance or weight map, adds ``DistanceMapd`` to the training transforms (before the first
+random one; the bundle's ``prepare_batch`` hands the map to the loss). Use with any bundle:
+
+    python -m monai.bundle run --config_file "['bundles/synapse_unet3d/configs/train.json','configs/losses/tversky.json']"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medseg.losses import list_losses
+
+OUT = Path(__file__).resolve().parents[1] / "configs" / "losses"
+
+#: the papers' recommended hyperparameters (beyond the activation), where they differ from the class defaults
+PAPER_KWARGS: dict[str, dict] = {
+    "tversky": {"alpha": 0.3, "beta": 0.7},  # Salehi et al. 2017, best F2 on MS lesions
+    "focal_tversky": {"alpha": 0.3, "beta": 0.7, "gamma": 4 / 3},  # Abraham & Khan 2019
+    "focal": {"gamma": 2.0},  # Lin et al. 2017
+    "topk": {"k": 10},  # nnU-Net's TopK10
+    "asym_similarity": {"beta": 1.5},  # Hashemi et al. 2018
+    "penalty_gdl": {"k": 2.5},
+    # all organs equally far from each other and from the background (the paper tunes M per task)
+    "gwdl": {"dist_matrix": "$torch.ones(@num_classes, @num_classes) - torch.eye(@num_classes)"},
+}
+#: losses that take logits with their own activation (no softmax flag)
+OWN_ACTIVATION = {
+    "ce",
+    "balanced_ce",
+    "topk",
+    "focal",
+    "dpce",
+    "conservative",
+    "lovasz",
+    "lovasz_hinge",
+    "rmi",
+    "gwdl",
+    "unet_weighted_ce",
+}
+#: compound losses that already hold a CE-like term: used alone
+ALONE = {"ce", "dice_ce", "combo", "exp_log", "unified_focal"}
+#: the DistanceMapd mode that makes each aux map (others compute on the fly or need no map)
+MAP_MODES = {
+    "boundary": "signed",
+    "hausdorff_dt": "unsigned",
+    "dpce": "penalty",
+    "region_wise": "rrw",
+    "boundary_aware": "quantized",
+    "unet_weighted_ce": "unet_weight",
+}
+
+
+def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str]) -> dict:
+    kwargs: dict = {} if name in OWN_ACTIVATION else {"softmax": True}
+    kwargs.update(PAPER_KWARGS.get(name, {}))
+    if "ignore_index" in accepts:
+        kwargs["ignore_index"] = "@ignore_index"
+    weights = {name: 1.0} if name in ALONE else {"ce": 0.5, name: 0.5}
+    loss_kwargs = {name: kwargs}
+    if name not in ALONE:
+        loss_kwargs["ce"] = {"ignore_index": "@ignore_index"}
+    config: dict = {"loss_name": name, "loss_weights": weights, "loss_kwargs": loss_kwargs}
+    if name in MAP_MODES:
+        key = aux_keys[0] if aux_keys else "dist"
+        config["aux_transforms"] = [
+            {
+                "_target_": "medseg.transforms.DistanceMapd",
+                "keys": "label",
+                "mode": MAP_MODES[name],
+                "num_classes": "@num_classes",
+                "output_key": key,
+                "ignore_index": "@ignore_index",
+            }
+        ]
+    return config
+
+
+def render_all() -> dict[str, str]:
+    import inspect
+
+    out = {}
+    for info in list_losses():
+        accepts = set(inspect.signature(info.cls.__init__).parameters)
+        if "features" in info.aux_keys or "checkpoint" in accepts:
+            continue  # need a network hook or a trained checkpoint: configured by hand (see docs)
+        out[info.name] = json.dumps(overlay(info.name, info.aux_keys, accepts), indent=4) + "\n"
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that configs/losses/ is up to date")
+    args = parser.parse_args()
+    rendered = render_all()
+    stale = [
+        n for n, text in rendered.items() if not (OUT / f"{n}.json").exists() or (OUT / f"{n}.json").read_text() != text
+    ]
+    extra = sorted(p.stem for p in OUT.glob("*.json") if p.stem not in rendered)
+    if args.check:
+        if stale or extra:
+            print(f"configs/losses is out of date (stale: {stale}, unknown: {extra}): run scripts/make_loss_configs.py")
+            return 1
+        return 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (OUT / f"{name}.json").write_text(text)
+    for name in extra:
+        (OUT / f"{name}.json").unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
