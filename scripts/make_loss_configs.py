@@ -5,7 +5,8 @@ paper's recommended hyperparameters (a compound loss that already contains CE, a
 for losses that read a distance or weight map, adds ``DistanceMapd`` to the training transforms (before the first
 random one; the bundle's ``prepare_batch`` hands the map to the loss). Use with any bundle:
 
-    python -m monai.bundle run --config_file "['bundles/synapse_unet3d/configs/train.json','configs/losses/tversky.json']"
+    python -m monai.bundle run \
+        --config_file "['bundles/synapse_unet3d/configs/train.json','configs/losses/tversky.json']"
 """
 
 from __future__ import annotations
