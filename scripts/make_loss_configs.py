@@ -31,6 +31,8 @@ PAPER_KWARGS: dict[str, dict] = {
     # all organs equally far from each other and from the background (the paper tunes M per task)
     "gwdl": {"dist_matrix": "$torch.ones(@num_classes, @num_classes) - torch.eye(@num_classes)"},
 }
+#: losses whose network needs other output channels than the classes (boundary_aware: C·K distance bins)
+NEEDS_OWN_HEAD = {"boundary_aware"}
 #: losses that take logits with their own activation (no softmax flag)
 OWN_ACTIVATION = {
     "ce",
@@ -89,8 +91,8 @@ def render_all() -> dict[str, str]:
     out = {}
     for info in list_losses():
         accepts = set(inspect.signature(info.cls.__init__).parameters)
-        if "features" in info.aux_keys or "checkpoint" in accepts:
-            continue  # need a network hook or a trained checkpoint: configured by hand (see docs)
+        if "features" in info.aux_keys or "checkpoint" in accepts or info.name in NEEDS_OWN_HEAD:
+            continue  # need a network hook, a trained checkpoint or extra output channels: configured by hand
         out[info.name] = json.dumps(overlay(info.name, info.aux_keys, accepts), indent=4) + "\n"
     return out
 

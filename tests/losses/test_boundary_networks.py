@@ -1,0 +1,447 @@
+"""Network-based boundary losses: boundary-aware bins and their decoder, InverseForm, conditional boundary loss."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from medseg.engine import BatchAuxLoss
+from medseg.losses import (
+    BoundaryAwareDecoder,
+    BoundaryAwareLoss,
+    CompoundLoss,
+    ConditionalBoundaryLoss,
+    InverseFormLoss,
+    decode_distance_bins,
+)
+from medseg.networks import TransUNet
+from medseg.networks.features import FeatureHook, HookedFeaturesLoss
+from medseg.networks.inverseform import (
+    InverseTransformNet,
+    boundary_map,
+    load_inverse_transform_net,
+    save_inverse_transform_net,
+    synthetic_pairs,
+    train_inverse_transform_net,
+)
+from medseg.transforms import distance_maps
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_inverseform.py"
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).double()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# boundary-aware loss and decoder
+
+
+def test_boundary_aware_hand_worked_bins_and_bce():
+    # one row of four voxels, labels 0 1 1 1; K = 2 bins, R = 2, bin width 1. Distance to the nearest voxel of
+    # another class: class 1 has 1, 2, 3 at voxels 1..3 -> truncated 1, 2, 2 -> bins 1, 2, 2; class 0 has 1 at
+    # voxel 0 -> bin 1. Targets [D_c = k] per channel c·K + k − 1:
+    targets = np.array(
+        [
+            [1, 0, 0, 0],  # class 0, bin 1
+            [0, 0, 0, 0],  # class 0, bin 2
+            [0, 1, 0, 0],  # class 1, bin 1
+            [0, 0, 1, 1],  # class 1, bin 2
+        ],
+        dtype=np.float64,
+    )
+    logits = np.array([[2.0, -1.0, 0.5, 0.0], [-3.0, 1.0, 0.0, 2.0], [0.0, 1.5, -2.0, -1.0], [1.0, -0.5, 3.0, 0.25]])
+    # BCE with logits: log(1 + e^x) − t·x, averaged over 4 voxels × 2 classes × 2 bins
+    expected = np.mean(np.log1p(np.exp(logits)) - targets * logits)
+    input = torch.tensor(logits).view(1, 4, 1, 4)
+    labels = torch.tensor([0, 1, 1, 1]).view(1, 1, 1, 4)
+    loss = BoundaryAwareLoss(num_bins=2, truncation=2.0)
+    assert loss(input, labels).item() == pytest.approx(expected, rel=1e-12)
+    # the same with the bins as the pipeline caches them
+    bins = distance_maps(one_hot(labels, 2), "quantized", bins=2, truncation=2.0)
+    assert loss(input, labels, dist=bins).item() == pytest.approx(expected, rel=1e-12)
+    # class 1 only: the mean of its two rows
+    without_background = BoundaryAwareLoss(num_bins=2, truncation=2.0, include_background=False)
+    rows = np.log1p(np.exp(logits[2:])) - targets[2:] * logits[2:]
+    assert without_background(input, labels).item() == pytest.approx(rows.mean(), rel=1e-12)
+    # ignored voxel 3 (label 255): it takes no part in the mean
+    ignoring = BoundaryAwareLoss(num_bins=2, truncation=2.0, ignore_index=255)
+    partial = torch.tensor([0, 1, 1, 255]).view(1, 1, 1, 4)
+    # with voxel 3 unknown, voxel 2's nearest voxel of another class is still voxel 0 (distance 2): bins unchanged
+    terms = np.log1p(np.exp(logits[:, :3])) - targets[:, :3] * logits[:, :3]
+    assert ignoring(input, partial).item() == pytest.approx(terms.mean(), rel=1e-12)
+
+
+def test_boundary_aware_checks_layout_and_bins():
+    loss = BoundaryAwareLoss(num_bins=3)
+    labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="K=3 bin channels per class"):
+        loss(torch.zeros(1, 4, 4, 4), labels)
+    with pytest.raises(ValueError, match="shape"):
+        loss(torch.zeros(1, 6, 4, 4), labels, dist=torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"bins 0..3"):
+        loss(torch.zeros(1, 6, 4, 4), labels, dist=torch.full((1, 2, 4, 4), 4.0))
+
+
+def bins_as_probabilities(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """(B, C, *S) bin indices -> (B, C·K, *S) one-hot bin maps, channel c·K + k − 1."""
+    levels = torch.arange(1, num_bins + 1).view(1, 1, -1, *([1] * (bins.ndim - 2)))
+    return (bins.unsqueeze(2) == levels).double().flatten(1, 2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "num_bins", "truncation"),
+    [((2, 1, 17, 15), None, 5, 5.0), ((1, 1, 16, 14), (1.0, 2.0), 4, 3.0), ((1, 1, 9, 10, 8), (2.0, 1.0, 1.5), 3, 2.5)],
+    ids=["2d", "2d-anisotropic", "3d-anisotropic"],
+)
+def test_decoding_exact_bins_gives_back_the_mask(shape, spacing, num_bins, truncation):
+    generator = torch.Generator().manual_seed(3)
+    # blocky random label maps: three classes on a coarse grid, upsampled, so that classes have interiors
+    coarse = torch.randint(0, 3, (shape[0], 1, *(max(1, n // 4) for n in shape[2:])), generator=generator)
+    labels = torch.nn.functional.interpolate(coarse.double(), size=shape[2:], mode="nearest").long()
+    onehot = one_hot(labels, 3)
+    bins = distance_maps(onehot, "quantized", spacing, truncation=truncation, bins=num_bins)
+    assert bins.max() == num_bins  # deep voxels reach the last bin, so the largest balls are exercised
+    decoded = decode_distance_bins(bins_as_probabilities(bins, num_bins), num_bins, truncation, spacing)
+    assert torch.equal(decoded > 0.5, onehot > 0)
+
+
+def test_decoding_one_voxel_gives_a_ball_of_its_bin_radius():
+    # K = 5, R = 5: width 1, bin 3 -> radius 2. In 2D the integer offsets with x² + y² <= 4: the centre, 4 at
+    # distance 1, 4 diagonals at √2, 4 at distance 2: 13 voxels. With spacing (1, 2) mm: y² + (2x)² <= 4 leaves
+    # x = 0, y = -2..2 and x = ±1, y = 0: 7 voxels.
+    probs = torch.zeros(1, 5, 9, 9)
+    probs[0, 2, 4, 4] = 0.8
+    decoded = decode_distance_bins(probs, 5, 5.0)
+    assert decoded.shape == (1, 1, 9, 9)
+    assert int((decoded == 0.8).sum()) == 13 and int((decoded == 0).sum()) == 81 - 13
+    assert int((decode_distance_bins(probs, 5, 5.0, spacing=(1.0, 2.0)) == 0.8).sum()) == 7
+    # bin 1 has radius 0: only the voxel itself; the decoder module applies the sigmoid first
+    logits = torch.full((1, 5, 9, 9), -30.0)
+    logits[0, 0, 1, 1] = 30.0
+    mask = BoundaryAwareDecoder(5, 5.0)(logits) > 0.5
+    assert mask.sum() == 1 and mask[0, 0, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# InverseForm
+
+
+@pytest.fixture(scope="module")
+def inverse_net_path(tmp_path_factory) -> Path:
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        net = InverseTransformNet(tile_size=8, channels=(4, 8), hidden=8)
+    return save_inverse_transform_net(net, tmp_path_factory.mktemp("inverseform") / "net.pt")
+
+
+def test_missing_or_corrupt_checkpoint_raises_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt.*train_inverseform\.py"):
+        InverseFormLoss(checkpoint=missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"garbage\.pt.*not a readable torch file"):
+        InverseFormLoss(checkpoint=garbage)
+    foreign = tmp_path / "state_dict.pt"
+    torch.save(InverseTransformNet(8, (4,), 8).state_dict(), foreign)
+    with pytest.raises(ValueError, match=r"state_dict\.pt.*not an InverseTransformNet checkpoint"):
+        InverseFormLoss(checkpoint=foreign)
+    broken = tmp_path / "broken.pt"
+    checkpoint = {"kind": "medseg.InverseTransformNet", "config": {"tile_size": 8, "channels": [4], "hidden": 8}}
+    torch.save({**checkpoint, "state_dict": InverseTransformNet(8, (8,), 8).state_dict()}, broken)
+    with pytest.raises(ValueError, match=r"broken\.pt.*corrupt"):
+        InverseFormLoss(checkpoint=broken)
+
+
+def test_training_script_writes_a_checkpoint_the_loss_loads(tmp_path, monkeypatch):
+    out = tmp_path / "inverse_net.pt"
+    argv = ["--out", str(out), "--steps", "3", "--batch-size", "4", "--tile-size", "16", "--channels", "4", "8"]
+    argv += ["--hidden", "8", "--threads", str(torch.get_num_threads())]
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *argv])
+    with pytest.raises(SystemExit) as exit_status:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exit_status.value.code == 0
+    net = load_inverse_transform_net(out)
+    assert net.config == {"tile_size": 16, "channels": [4, 8], "hidden": 8}
+    assert not any(p.requires_grad for p in net.parameters())
+    loss = InverseFormLoss(checkpoint=out, softmax=True)
+    logits = torch.randn(2, 3, 20, 20, requires_grad=True)
+    value = loss(logits, torch.randint(0, 3, (2, 1, 20, 20)))
+    value.backward()
+    assert torch.isfinite(value) and logits.grad.abs().sum() > 0
+
+
+def test_short_training_beats_the_identity_baseline():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: a busy thread pool makes these steps many times slower
+    try:
+        _, report = train_inverse_transform_net(steps=400, tile_size=16, channels=(8, 16), hidden=128)
+    finally:
+        torch.set_num_threads(threads)
+    # held-out mean squared error of θ's six entries, against always answering the identity (measured: 0.6×)
+    assert report["mse"] < 0.8 * report["identity_mse"]
+
+
+def test_identity_pairs_are_identical_maps():
+    # pairs drawn with θ = I (10 % of them) must be the same map twice: the grid_sample convention moved(u) = fixed(θu)
+    moved, fixed, theta = synthetic_pairs(64, 16, torch.Generator().manual_seed(0))
+    identity = (theta == torch.eye(3)).flatten(1).all(1)
+    assert identity.any() and (~identity).any()
+    assert torch.allclose(moved[identity], fixed[identity], atol=1e-6)
+    assert (moved[~identity] - fixed[~identity]).abs().flatten(1).amax(1).min() > 0.1
+
+
+def test_boundary_map_hand_worked():
+    # a 2×2 square in a 5×5 patch: max − min over 3×3 windows is 1 on the square and its 8-neighbour ring
+    mask = torch.zeros(1, 1, 5, 5)
+    mask[0, 0, 1:3, 1:3] = 1.0
+    expected = torch.zeros(5, 5)
+    expected[0:4, 0:4] = 1.0
+    assert torch.equal(boundary_map(mask)[0, 0], expected)
+    # with the first row unknown: windows skip it and its voxels get 0; the rest is unchanged
+    known = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    known[0, 0, 0] = False
+    expected[0] = 0.0
+    assert torch.equal(boundary_map(mask, known)[0, 0], expected)
+
+
+def loop_boundary(plane: np.ndarray) -> np.ndarray:
+    """Max − min over the 3×3 window clipped at the border, by loops."""
+    height, width = plane.shape
+    out = np.zeros_like(plane)
+    for y, x in itertools.product(range(height), range(width)):
+        window = plane[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+        out[y, x] = window.max() - window.min()
+    return out
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_inverse_form_matches_a_loop_recomputation(inverse_net_path, calibrate):
+    generator = torch.Generator().manual_seed(5)
+    probs = torch.rand(2, 2, 10, 12, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 1, 10, 12), generator=generator)
+    loss = InverseFormLoss(checkpoint=inverse_net_path, calibrate=calibrate, reduction="none").double()
+    net = load_inverse_transform_net(inverse_net_path).double()
+    target = one_hot(labels, 2).numpy()
+    expected = np.zeros((2, 2))
+    for b, c in itertools.product(range(2), range(2)):
+        predicted = np.zeros((16, 16))  # 10×12 zero-padded to whole 8×8 tiles
+        ground_truth = np.zeros((16, 16))
+        predicted[:10, :12] = loop_boundary(probs[b, c].numpy())
+        ground_truth[:10, :12] = loop_boundary(target[b, c])
+        distances = []
+        for y, x in itertools.product((0, 8), (0, 8)):
+            tile_p = torch.tensor(predicted[y : y + 8, x : x + 8]).view(1, 1, 8, 8)
+            tile_g = torch.tensor(ground_truth[y : y + 8, x : x + 8]).view(1, 1, 8, 8)
+            with torch.no_grad():
+                theta = net(tile_p, tile_g)[0].numpy()
+                reference = net(tile_g, tile_g)[0].numpy() if calibrate else np.eye(3)
+            distances.append(np.sqrt(((theta - reference) ** 2).sum()))
+        expected[b, c] = np.mean(distances)
+    assert np.allclose(loss(probs, labels)[..., 0, 0].detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_inverse_form_is_zero_at_a_perfect_prediction(inverse_net_path):
+    labels = torch.zeros(1, 1, 12, 12, dtype=torch.long)
+    labels[0, 0, 3:9, 2:7] = 1
+    loss = InverseFormLoss(checkpoint=inverse_net_path).double()
+    perfect = one_hot(labels, 2)  # probabilities (no activation): the boundary maps are identical
+    assert loss(perfect, labels).item() == 0.0
+    assert loss(perfect.roll(2, dims=-1), labels).item() > 1e-4
+
+
+def test_inverse_form_3d_is_the_mean_over_slices(inverse_net_path):
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 3, 6, 5, 4, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 1, 6, 5, 4), generator=generator)
+    loss = InverseFormLoss(checkpoint=inverse_net_path, softmax=True, reduction="none").double()
+    slices = torch.stack([loss(logits[..., d], labels[..., d]) for d in range(4)])
+    assert torch.allclose(loss(logits, labels)[..., 0], slices.mean(0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conditional boundary loss
+
+
+def test_conditional_boundary_hand_worked():
+    # one row of three voxels, labels 0 1 1, features f0 = (1, 0), f1 = (1, 1), f2 = (0, 1); 3-wide window,
+    # boundary band of 1 voxel. Anchors: voxel 0 (neighbour 1 is class 1) and voxel 1 (neighbour 0); voxel 2 sees
+    # only voxel 1, of its own class. Logits (1, 0), (0, 1), (0, ln 3): every voxel is correctly classified.
+    # Anchor 0 (class 0): no same-class neighbour (no A2C terms); pair with voxel 1: cos = 1/√2, target 0 -> 1/2.
+    # Anchor 1 (class 1): pairs with voxel 0 (cos 1/√2, target 0) and voxel 2 (cos 1/√2, target 1):
+    #   P = (1/2 + (1 − 1/√2)²) / 2; class centre = logits of voxel 2: CE = −log(3/4) = log(4/3);
+    #   distance to the correct same-class centre f2: ((1 − 0)² + (1 − 1)²) / 2 = 1/2.
+    # L_0 = 1 · 1/2; L_1 = P + 0.2 log(4/3) + 2 · 1/2; mean over the two classes with anchors.
+    pair_1 = (0.5 + (1 - 1 / math.sqrt(2)) ** 2) / 2
+    expected = (0.5 + pair_1 + 0.2 * math.log(4 / 3) + 1.0) / 2
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, math.log(3)]], dtype=torch.float64).T.reshape(1, 2, 1, 3)
+    features = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64).T.reshape(1, 2, 1, 3)
+    labels = torch.tensor([0, 1, 1]).view(1, 1, 1, 3)
+    loss = ConditionalBoundaryLoss(kernel_size=3, boundary_ratio=0.0)
+    assert loss(logits, labels, features=features).item() == pytest.approx(expected, rel=1e-12)
+    # voxel 2 misclassified (logits (ln 3, 0)): it leaves every pair and the distance centre; the class centre is
+    # still voxel 2's logits, now CE = log 4. L_1 = 1/2 + 0.2 log 4.
+    logits[0, :, 0, 2] = torch.tensor([math.log(3), 0.0], dtype=torch.float64)
+    expected_wrong = (0.5 + 0.5 + 0.2 * math.log(4)) / 2
+    assert loss(logits, labels, features=features).item() == pytest.approx(expected_wrong, rel=1e-12)
+    # without background anchors: class 1 only
+    no_background = ConditionalBoundaryLoss(kernel_size=3, boundary_ratio=0.0, include_background=False)
+    assert no_background(logits, labels, features=features).item() == pytest.approx(0.5 + 0.2 * math.log(4))
+
+
+def loop_conditional_boundary(logits, labels, features, kernel_size, width, ignore_index=None):
+    """The conditional boundary loss by loops over voxels and neighbours (defaults' weights, mean over classes)."""
+    logits, features = logits.numpy(), features.numpy()
+    labels = labels[:, 0].numpy()
+    batch, num_classes = logits.shape[:2]
+    spatial = labels.shape[1:]
+    known = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    predicted = logits.argmax(1)
+    radius = kernel_size // 2
+    sums = {name: np.zeros(num_classes) for name in ("pair", "pairs", "ce", "ces", "dist", "dists")}
+    has_anchor = np.zeros(num_classes, bool)
+    for b in range(batch):
+        for i in itertools.product(*(range(n) for n in spatial)):
+            if not known[(b, *i)]:
+                continue
+            y = labels[(b, *i)]
+
+            def inside(j, b=b):
+                return all(0 <= j_a < n for j_a, n in zip(j, spatial, strict=True)) and known[(b, *j)]
+
+            near = itertools.product(*(range(i_a - width, i_a + width + 1) for i_a in i))
+            if not any(inside(j) and labels[(b, *j)] != y for j in near):
+                continue
+            has_anchor[y] = True
+            f_i = features[(b, slice(None), *i)]
+            same_logits, correct_same, pair_errors = [], [], []
+            for offset in itertools.product(range(-radius, radius + 1), repeat=len(spatial)):
+                j = tuple(i_a + o for i_a, o in zip(i, offset, strict=True))
+                if not any(offset) or not inside(j):
+                    continue
+                y_j = labels[(b, *j)]
+                correct = predicted[(b, *j)] == y_j
+                f_j = features[(b, slice(None), *j)]
+                if y_j == y:
+                    same_logits.append(logits[(b, slice(None), *j)])
+                    if correct:
+                        correct_same.append(f_j)
+                if correct:
+                    cosine = f_i @ f_j / (np.linalg.norm(f_i) * np.linalg.norm(f_j))
+                    pair_errors.append((cosine - float(y_j == y)) ** 2)
+            sums["pair"][y] += sum(pair_errors)
+            sums["pairs"][y] += len(pair_errors)
+            if same_logits:
+                centre = np.mean(same_logits, 0)
+                sums["ce"][y] += np.log(np.exp(centre).sum()) - centre[y]
+                sums["ces"][y] += 1
+            if correct_same:
+                sums["dist"][y] += np.mean((f_i - np.mean(correct_same, 0)) ** 2)
+                sums["dists"][y] += 1
+    per_class = (
+        sums["pair"] / np.maximum(sums["pairs"], 1)
+        + 0.2 * sums["ce"] / np.maximum(sums["ces"], 1)
+        + 2.0 * sums["dist"] / np.maximum(sums["dists"], 1)
+    )
+    return per_class.sum() / max(has_anchor.sum(), 1)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "kernel_size", "ratio"), [((9, 8), 5, 0.02), ((7, 9), 3, 0.2), ((5, 4, 6), 3, 0.02)]
+)
+def test_conditional_boundary_matches_a_loop_recomputation(spatial, kernel_size, ratio):
+    generator = torch.Generator().manual_seed(11)
+    labels = torch.randint(0, 3, (2, 1, *spatial), generator=generator)
+    labels[0, 0, 0] = 255
+    logits = torch.randn(2, 3, *spatial, generator=generator, dtype=torch.float64)
+    features = torch.randn(2, 4, *spatial, generator=generator, dtype=torch.float64)
+    width = max(1, round(ratio * math.sqrt(sum(n * n for n in spatial))))
+    expected = loop_conditional_boundary(logits, labels, features, kernel_size, width, ignore_index=255)
+    loss = ConditionalBoundaryLoss(kernel_size=kernel_size, boundary_ratio=ratio, ignore_index=255)
+    assert loss(logits, labels, features=features).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_conditional_boundary_on_a_coarser_feature_grid():
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (1, 1, 8, 6), generator=generator)
+    logits = torch.randn(1, 3, 8, 6, generator=generator, dtype=torch.float64)
+    features = torch.randn(1, 5, 4, 3, generator=generator, dtype=torch.float64)
+    # on the features' grid: the first voxel of each 2×2 block carries the label, the logits are the block mean
+    coarse_logits = torch.zeros(1, 3, 4, 3, dtype=torch.float64)
+    for y, x in itertools.product(range(4), range(3)):
+        coarse_logits[0, :, y, x] = logits[0, :, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].mean((1, 2))
+    loss = ConditionalBoundaryLoss(kernel_size=3)
+    expected = loss(coarse_logits, labels[..., ::2, ::2], features=features)
+    assert loss(logits, labels, features=features).item() == pytest.approx(expected.item(), rel=1e-12)
+    with pytest.raises(ValueError, match="integer"):
+        loss(logits, labels, features=torch.zeros(1, 5, 4, 4, dtype=torch.float64))  # 6 is no multiple of 4
+
+
+def test_conditional_boundary_checks_features():
+    loss = ConditionalBoundaryLoss()
+    logits, labels = torch.randn(1, 3, 6, 6), torch.zeros(1, 1, 6, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match="decoder features"):
+        loss(logits, labels, features=torch.zeros(1, 4, 6))
+    with pytest.raises(ValueError, match="NaN"):
+        loss(logits, labels, features=torch.full((1, 4, 6, 6), float("nan")))
+    with pytest.raises(ValueError, match="two class channels"):
+        loss(logits[:, :1], labels, features=torch.zeros(1, 4, 6, 6))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the feature hook
+
+
+def test_hook_on_monai_unet_leaves_the_output_and_passes_gradients():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 3, channels=(4, 8), strides=(2,), num_res_units=1)
+    images = torch.randn(2, 1, 16, 16)
+    labels = torch.randint(0, 3, (2, 1, 16, 16))
+    plain = net(images)
+    with FeatureHook(net) as hook:
+        logits = net(images)
+        features = hook.features
+    assert isinstance(logits, torch.Tensor) and torch.equal(logits, plain)
+    # the top decoder level's input: the 4-channel skip and the 8-channel upsampled map at half resolution
+    assert features.shape == (2, 12, 8, 8)
+    ConditionalBoundaryLoss(kernel_size=3)(logits, labels, **{"features": features}).backward()
+    first_conv = next(net.parameters())
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no features captured"):
+        hook.aux()  # removed on exit
+
+
+def test_hook_on_transunet_matches_its_feature_output():
+    torch.manual_seed(0)
+    net = TransUNet.tiny(out_channels=3).eval()
+    images = torch.randn(1, 1, 20, 27)  # padded to 32×32 inside, cropped back
+    with torch.no_grad(), FeatureHook(net) as hook:
+        logits = net(images)
+        reference = net(images, return_features=True)
+        captured = hook.features
+    assert logits.shape == (1, 3, 20, 27)
+    assert torch.equal(captured, reference.features)
+
+
+def test_hooked_loss_in_an_engine_reads_features_from_the_hook():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 3, channels=(4, 8), strides=(1,), num_res_units=0)
+    hook = FeatureHook(net).attach()
+    loss = BatchAuxLoss(HookedFeaturesLoss(CompoundLoss({"ce": 1.0, "conditional_boundary": 0.5}), hook))
+    assert loss.aux_keys == ()  # nothing to take from the batch
+    images, labels = torch.randn(2, 1, 12, 12), torch.randint(0, 3, (2, 1, 12, 12))
+    value = loss(net(images), labels)
+    direct = CompoundLoss({"ce": 1.0, "conditional_boundary": 0.5})(net(images), labels, features=hook.features)
+    assert torch.allclose(value, direct)
+    hook.remove()
+    with pytest.raises(ValueError, match="no known feature layer"):
+        FeatureHook(torch.nn.Conv2d(1, 3, 1))
