@@ -1,0 +1,180 @@
+"""Synapse multi-organ CT as TransUNet preprocessed it: 2D training slices (npz) and 3D test volumes (h5).
+
+Layout under ``root`` (TransUNet's ``--root_path`` parent)::
+
+    train_npz/case0005_slice000.npz      keys "image" (float, HU clipped to [-125, 275] then scaled to [0, 1])
+                                         and "label" (0..8), one axial slice per file
+    test_vol_h5/case0001.npy.h5          datasets "image" and "label", shape (D, H, W), slices first
+    lists/lists_Synapse/train.txt        one slice name per line ("case0031_slice000", no extension)
+    lists/lists_Synapse/test_vol.txt     one case name per line ("case0008")
+
+The 8 organs and their label values come from the BTCV → Synapse mapping (:data:`DEFAULT_BTCV_TO_SYNAPSE`,
+the widely copied preprocessing); pass another mapping where a dataset was built differently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Identityd,
+    OneOf,
+    RandAxisFlipd,
+    RandRotate90d,
+    RandRotated,
+    Resized,
+)
+
+from .loading import LoadArrayd, MapLabelsd, check_files_exist
+
+__all__ = [
+    "BTCV_LABELS",
+    "DEFAULT_BTCV_TO_SYNAPSE",
+    "SYNAPSE_TEST_CASES",
+    "SYNAPSE_TRAIN_CASES",
+    "case_name",
+    "synapse_datalist",
+    "synapse_organ_names",
+    "synapse_slice_transforms",
+    "synapse_volume_transforms",
+]
+
+#: The 18 training cases of the Synapse split (BTCV case numbers), as in TransUNet's ``train.txt``.
+SYNAPSE_TRAIN_CASES: tuple[int, ...] = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+#: The 12 test cases, as in TransUNet's ``test_vol.txt``.
+SYNAPSE_TEST_CASES: tuple[int, ...] = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+
+#: The 13 organ labels of raw BTCV (0 is background).
+BTCV_LABELS: dict[int, str] = {
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior vena cava",
+    10: "portal and splenic vein",
+    11: "pancreas",
+    12: "right adrenal gland",
+    13: "left adrenal gland",
+}
+
+#: BTCV label → Synapse label of the widely copied preprocessing; other BTCV labels become background.
+DEFAULT_BTCV_TO_SYNAPSE: dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}
+
+_SLICE_NAME = re.compile(r"^case\d{4}_slice\d{3,}$")
+_CASE_NAME = re.compile(r"^case\d{4}$")
+
+
+def case_name(case_id: int) -> str:
+    """``case0005`` for BTCV case 5, the naming of the Synapse files and lists."""
+    return f"case{case_id:04d}"
+
+
+def synapse_organ_names(mapping: Mapping[int, int] = DEFAULT_BTCV_TO_SYNAPSE) -> dict[int, str]:
+    """Synapse label value → organ name, read from a BTCV → Synapse ``mapping`` (default: 1 spleen ... 8 pancreas)."""
+    targets = sorted(mapping.values())
+    if targets != list(range(1, len(targets) + 1)):
+        raise ValueError(f"mapping must send organs to 1..{len(targets)} once each, got targets {targets}")
+    unknown = sorted(set(mapping) - set(BTCV_LABELS))
+    if unknown:
+        raise ValueError(f"mapping has source labels {unknown} that BTCV does not define (1..13)")
+    return {int(target): BTCV_LABELS[int(source)] for source, target in sorted(mapping.items(), key=lambda kv: kv[1])}
+
+
+def _read_list(path: Path, pattern: re.Pattern) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"split list does not exist: {path}")
+    names = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if not pattern.match(name):
+            raise ValueError(f"{path}, line {number}: {name!r} is not a Synapse name like {pattern.pattern}")
+        names.append(name)
+    if not names:
+        raise ValueError(f"split list {path} is empty")
+    return names
+
+
+def synapse_datalist(
+    root: str | Path, split: str = "train", list_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """MONAI-style datalist of the TransUNet Synapse files named by a split list.
+
+    ``split="train"`` reads ``train.txt`` and gives one item per 2D slice; ``split="test"`` reads
+    ``test_vol.txt`` and gives one item per 3D volume. Each item is ``{"image": f, "label": f, "name": n,
+    "case": c}`` with the same file ``f`` for image and label (load with :class:`LoadArrayd`).
+
+    Args:
+        root: the folder holding ``train_npz/`` and ``test_vol_h5/``.
+        split: ``"train"`` or ``"test"``.
+        list_dir: the folder of ``train.txt`` / ``test_vol.txt``; defaults to ``root/lists/lists_Synapse``.
+
+    Raises:
+        FileNotFoundError: the list or a listed file is missing (named in the message).
+        ValueError: an unknown split, or a list line that is not a Synapse name.
+    """
+    root = Path(root)
+    lists = Path(list_dir) if list_dir is not None else root / "lists" / "lists_Synapse"
+    if split == "train":
+        names = _read_list(lists / "train.txt", _SLICE_NAME)
+        items = [{"name": n, "case": n.split("_")[0], "file": root / "train_npz" / f"{n}.npz"} for n in names]
+    elif split == "test":
+        names = _read_list(lists / "test_vol.txt", _CASE_NAME)
+        items = [{"name": n, "case": n, "file": root / "test_vol_h5" / f"{n}.npy.h5"} for n in names]
+    else:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    datalist = [{"image": str(i["file"]), "label": str(i["file"]), "name": i["name"], "case": i["case"]} for i in items]
+    check_files_exist(datalist, ["image"])
+    return datalist
+
+
+def synapse_slice_transforms(train: bool, image_size: int = 224, num_classes: int = 9) -> Compose:
+    """Transforms for the 2D slices of the TransUNet protocol: load, check labels, zoom, augment.
+
+    Image and label are read from the npz (``(1, H, W)`` after adding the channel), the label values checked
+    against ``0..num_classes-1``, both resized to ``image_size`` (bicubic image, nearest label; TransUNet
+    zooms with spline order 3 / 0). Training adds TransUNet's augmentation: with probability 0.5 a random
+    rot90 (k in 0..3) and a flip along a random axis, else with probability 0.5 a rotation in ±20°
+    (nearest for the label), else nothing.
+    """
+    keys = ["image", "label"]
+    chain: list[Any] = [
+        LoadArrayd(keys),
+        MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        Resized(keys, spatial_size=(image_size, image_size), mode=("bicubic", "nearest")),
+    ]
+    if train:
+        rotate_and_flip = Compose([RandRotate90d(keys, prob=1.0, max_k=4), RandAxisFlipd(keys, prob=1.0)])
+        small_rotation = RandRotated(keys, range_x=math.radians(20), prob=1.0, mode=("bilinear", "nearest"))
+        chain.append(OneOf([rotate_and_flip, small_rotation, Identityd(keys)], weights=(0.5, 0.25, 0.25)))
+    chain.append(EnsureTyped(keys, track_meta=False))
+    return Compose(chain)
+
+
+def synapse_volume_transforms(num_classes: int = 9) -> Compose:
+    """Transforms for the 3D test volumes: load ``(1, D, H, W)`` image and label, check the label values.
+
+    Evaluation under the TransUNet protocol zooms each slice to the network size and back; that belongs to
+    the inference code, so the volume stays at its stored size here.
+    """
+    keys = ["image", "label"]
+    return Compose(
+        [
+            LoadArrayd(keys),
+            MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
+            EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        ]
+    )

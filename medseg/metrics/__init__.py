@@ -1,0 +1,30 @@
+"""Evaluation metrics for segmentation: overlap, surface distances, scoring conventions, folder evaluation, stats.
+
+``medseg.metrics.evaluate`` is the folder evaluation behind ``scripts/evaluate.py`` and ``medseg evaluate``;
+``medseg.metrics.cityscapes`` the official Cityscapes class IoU (imported on use: it reads the label table of
+:mod:`medseg.data.cityscapes`).
+"""
+
+from .conventions import CONVENTIONS, WORST_DISTANCE, Convention, get_convention
+from .overlap import OverlapCounts, overlap_counts
+from .scoring import score_label_maps, score_masks
+from .stats import bootstrap_mean_ci, paired_comparison, wilcoxon_signed_rank
+from .surface import SurfaceDistances, image_diagonal, surface_distances, surface_voxels
+
+__all__ = [
+    "CONVENTIONS",
+    "WORST_DISTANCE",
+    "Convention",
+    "OverlapCounts",
+    "SurfaceDistances",
+    "bootstrap_mean_ci",
+    "get_convention",
+    "image_diagonal",
+    "overlap_counts",
+    "paired_comparison",
+    "score_label_maps",
+    "score_masks",
+    "surface_distances",
+    "surface_voxels",
+    "wilcoxon_signed_rank",
+]
