@@ -33,20 +33,6 @@ PAPER_KWARGS: dict[str, dict] = {
 }
 #: losses whose network needs other output channels than the classes (boundary_aware: C·K distance bins)
 NEEDS_OWN_HEAD = {"boundary_aware"}
-#: losses that take logits with their own activation (no softmax flag)
-OWN_ACTIVATION = {
-    "ce",
-    "balanced_ce",
-    "topk",
-    "focal",
-    "dpce",
-    "conservative",
-    "lovasz",
-    "lovasz_hinge",
-    "rmi",
-    "gwdl",
-    "unet_weighted_ce",
-}
 #: compound losses that already hold a CE-like term: used alone
 ALONE = {"ce", "dice_ce", "combo", "exp_log", "unified_focal"}
 #: the DistanceMapd mode that makes each aux map (others compute on the fly or need no map)
@@ -61,7 +47,7 @@ MAP_MODES = {
 
 
 def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str]) -> dict:
-    kwargs: dict = {} if name in OWN_ACTIVATION else {"softmax": True}
+    kwargs: dict = {"softmax": True} if "softmax" in accepts else {}  # others apply their own activation
     kwargs.update(PAPER_KWARGS.get(name, {}))
     if "ignore_index" in accepts:
         kwargs["ignore_index"] = "@ignore_index"
