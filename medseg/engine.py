@@ -25,8 +25,9 @@ from torch import nn
 class BatchAuxLoss(nn.Module):
     """Calls ``loss(pred, label, **aux)`` with the aux tensors of the current batch.
 
-    The aux tensors are set by :class:`PrepareBatchWithAux` before each iteration; ``forward`` raises a clear error
-    when a key the loss reads is missing (e.g. the data pipeline lacks ``DistanceMapd``).
+    The aux tensors are set by :class:`PrepareBatchWithAux` before each iteration. A key the batch does not carry
+    is not passed: losses that can compute their map on the fly do so (the slow path), the others raise a clear
+    error naming the missing map.
     """
 
     def __init__(self, loss: nn.Module) -> None:
@@ -39,14 +40,7 @@ class BatchAuxLoss(nn.Module):
         return tuple(getattr(self.loss, "aux_keys", ()))
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        missing = [k for k in self.aux_keys if k not in self.aux]
-        if missing:
-            raise ValueError(
-                f"{type(self.loss).__name__} reads {missing} from the batch, but no such keys were handed over: add "
-                "DistanceMapd (or the transform that makes them) to the training transforms and use "
-                "medseg.engine.PrepareBatchWithAux as the trainer's prepare_batch"
-            )
-        return self.loss(input, target, **{k: self.aux[k] for k in self.aux_keys})
+        return self.loss(input, target, **{k: v for k, v in self.aux.items() if k in self.aux_keys})
 
 
 class PrepareBatchWithAux(PrepareBatch):
@@ -79,14 +73,14 @@ class PrepareBatchWithAux(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k in (self.image_key, self.label_key, *self.aux_keys) if k not in batchdata]
+        missing = [k for k in (self.image_key, self.label_key) if k not in batchdata]
         if missing:
             raise KeyError(f"batch lacks keys {missing} (has {sorted(batchdata)})")
 
         def to_device(x: torch.Tensor) -> torch.Tensor:
             return x.to(device=device, non_blocking=non_blocking, **kwargs)
 
-        self.loss.aux = {k: to_device(batchdata[k]) for k in self.aux_keys}
+        self.loss.aux = {k: to_device(batchdata[k]) for k in self.aux_keys if k in batchdata}
         return to_device(batchdata[self.image_key]), to_device(batchdata[self.label_key])
 
 

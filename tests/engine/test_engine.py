@@ -33,7 +33,9 @@ class AuxCheckingLoss(nn.Module):
         super().__init__()
         self.seen = 0
 
-    def forward(self, input, target, dist):
+    def forward(self, input, target, dist=None):
+        if dist is None:
+            raise ValueError("AuxCheckingLoss needs the 'dist' map")
         assert dist.shape == target.shape
         assert torch.equal(dist, target.float() * 2), "dist is not aligned with the label"
         self.seen += 1
@@ -76,12 +78,14 @@ def test_trainer_hands_cached_aux_to_loss_and_transform_runs_once_per_item():
     assert trainer.state.output[0]["pred"].shape == (1, 8, 8)  # decollated by the engine
 
 
-def test_missing_aux_key_names_the_problem():
+def test_aux_keys_the_batch_lacks_are_left_to_the_loss():
     loss = BatchAuxLoss(AuxCheckingLoss())
-    with pytest.raises(ValueError, match=r"reads \['dist'\]"):
-        loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
-    with pytest.raises(KeyError, match="dist"):
-        PrepareBatchWithAux(loss)({"image": torch.zeros(1), "label": torch.zeros(1)})
+    image, label = PrepareBatchWithAux(loss)({"image": torch.zeros(1, 1, 4, 4), "label": torch.zeros(1, 1, 4, 4)})
+    assert loss.aux == {}
+    with pytest.raises(ValueError, match="needs the 'dist' map"):
+        loss(image, label)
+    with pytest.raises(KeyError, match="label"):
+        PrepareBatchWithAux(loss)({"image": torch.zeros(1)})
 
 
 def test_rebalance_schedule_follows_kervadec():
