@@ -56,7 +56,7 @@ def infer(bundle: str, bundle_root: str | Path, **overrides: Any) -> None:
 def demo(
     out: str | Path = "medseg_demo",
     loss: str = "dice_ce",
-    epochs: int = 100,
+    epochs: int = 60,
     cases: int = 8,
     size: int = 48,
     seed: int = 0,
@@ -82,6 +82,7 @@ def demo(
         "pixdim": [4.0, 4.0, 8.0],
         "network_def#channels": [8, 16, 32, 64],
         "network_def#strides": [2, 2, 2],
+        "network_def#num_res_units": 1,
     }
     train(
         "synapse_unet3d",
@@ -91,7 +92,7 @@ def demo(
         max_epochs=epochs,
         val_interval=max(epochs // 2, 1),
         num_workers=0,
-        num_samples=4,
+        num_samples=2,
         learning_rate=3e-3,
         resume=False,
         seed=seed,

@@ -177,3 +177,21 @@ def test_network_with_wrong_output_channels_is_a_clear_error(tmp_path, synthetic
 def test_every_loss_overlay_trains_one_iteration(tmp_path, synthetic_btcv, overlay):
     train(tmp_path, synthetic_btcv, overlay, val_interval=100, **{"train#dataset#data": "$@train#datalist[:1]"})
     assert last_checkpoint(tmp_path)["trainer"]["iteration"] == 1
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_gloo_processes_on_cpu(tmp_path, synthetic_btcv):
+    import subprocess
+    import sys
+
+    overrides = []
+    for key, value in {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(synthetic_btcv)}.items():
+        overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    command += ["-m", "monai.bundle", "run", "--config_file", files, *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = last_checkpoint(tmp_path)  # written by rank 0 only
+    assert ckpt["trainer"]["epoch"] == 1
+    assert ckpt["trainer"]["epoch_length"] == 1  # 2 training cases shared by 2 ranks: one batch each
