@@ -11,6 +11,7 @@ run, so that ratios compare like with like on a busy machine. Prints a table of 
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import statistics
 import time
@@ -21,21 +22,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medseg.losses import get_loss, list_losses
+from medseg.losses import get_loss, list_losses, loss_info
 
 WORKLOADS = {"2d": (8, 9, 224, 224), "3d": (2, 14, 96, 96, 96)}
-
-#: arguments for each loss in the benchmark (logits in; the activation is part of the loss)
-KWARGS: dict[str, dict] = {
-    "ce": {},
-    "topk": {},
-    "focal": {},
-    "dpce": {},
-    "conservative": {},
-    "balanced_ce": {},
-    "lovasz_hinge": {},
-    "rmi": {},
-}
 
 
 def _gwdl_matrix(c: int) -> torch.Tensor:
@@ -82,11 +71,11 @@ def _kornia_equivalents() -> dict[str, Callable[[int], Callable]]:
 
 
 def loss_kwargs(name: str, num_classes: int) -> dict:
-    if name in KWARGS:
-        return KWARGS[name]
+    """Logits in: ``softmax=True`` where the loss has the flag (the others apply their own activation)."""
     if name == "gwdl":
         return {"dist_matrix": _gwdl_matrix(num_classes)}
-    return {"softmax": True}
+    accepts = inspect.signature(loss_info(name).cls.__init__).parameters
+    return {"softmax": True} if "softmax" in accepts else {}
 
 
 def time_step(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> float:
@@ -166,7 +155,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.losses or [i.name for i in list_losses() if not set(i.aux_keys) & {"features", "checkpoint"}]
+    # the losses that need only logits, labels and a map (not a network's features, a checkpoint or C·K channels)
+    skip = {"conditional_boundary", "inverse_form", "boundary_aware"}
+    names = args.losses or [i.name for i in list_losses() if i.name not in skip]
     machine = (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
