@@ -117,7 +117,7 @@ def synthetic_abdomen(size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     fat_depth = rng.uniform(12.0, 25.0) / half_depth
     body = body_radius < 1.0
     cavity = body_radius < 1.0 - fat_depth - 10.0 / half_depth
-    muscle = body & ~cavity & (body_radius > 1.0 - fat_depth - 10.0 / half_depth) & (body_radius < 1.0 - fat_depth)
+    muscle = ~cavity & (body_radius < 1.0 - fat_depth)  # a 10 mm wall inside the subcutaneous fat
 
     hu = np.full(grid.shape, -1000.0)
     hu[np.broadcast_to(body, grid.shape)] = -100.0
@@ -142,12 +142,11 @@ def synthetic_abdomen(size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 
     labels = np.zeros(grid.shape, dtype=np.uint8)
     s = rng.uniform(0.9, 1.1)  # organ size factor of this patient
-    organs: list[tuple[int, np.ndarray]] = [
-        (6, _ellipsoid(grid, rng, (-55 + jitter(6), -5 + jitter(6), 80 + jitter(8)), (85 * s, 75 * s, 75 * s)))
-    ]
+    right_lobe = _ellipsoid(grid, rng, (-55 + jitter(6), -5 + jitter(6), 80 + jitter(8)), (85 * s, 75 * s, 75 * s))
     left_lobe = _ellipsoid(grid, rng, (15 + jitter(6), -45 + jitter(4), 100 + jitter(6)), (50 * s, 28 * s, 35 * s))
-    organs[0] = (6, organs[0][1] | left_lobe)
-    organs += [
+    # painted in this order: later organs cover earlier ones where they overlap
+    organs: list[tuple[int, np.ndarray]] = [
+        (6, right_lobe | left_lobe),
         (1, _ellipsoid(grid, rng, (95 + jitter(6), 45 + jitter(5), 80 + jitter(8)), (25 * s, 45 * s, 50 * s))),
         (7, _ellipsoid(grid, rng, (55 + jitter(6), -25 + jitter(6), 75 + jitter(8)), (45 * s, 35 * s, 50 * s))),
         (2, _ellipsoid(grid, rng, (-62 + jitter(4), 55 + jitter(4), 5 + jitter(8)), (25 * s, 28 * s, 55 * s))),
