@@ -87,6 +87,8 @@ class Prepared:
         if self._full_logits.shape[1] == 1:
             onehot = self.labels.unsqueeze(1).to(dtype)
             return onehot if self.mask is None else onehot * self.mask.to(dtype)
+        if self.mask is None and self._all_classes:
+            return torch.zeros_like(self._full_logits).scatter_(1, self.labels.unsqueeze(1), 1.0)
         labels = self.labels if self.mask is None else torch.where(self.mask[:, 0] > 0, self.labels, -1)
         kept = torch.tensor(self.classes, device=labels.device).view(1, -1, *([1] * (labels.ndim - 1)))
         return (labels.unsqueeze(1) == kept).to(dtype)
@@ -183,6 +185,9 @@ class SegmentationLoss(nn.Module):
 
     #: names of the auxiliary tensors ``forward`` reads (e.g. ``("dist",)``); the registry lists them.
     aux_keys: tuple[str, ...] = ()
+    #: NaN/inf logits always make this loss non-finite, so the input is inspected only then; a loss whose value
+    #: can stay finite (thresholds, sorting, pooling) sets False and has its input checked before every call.
+    nan_propagates: bool = True
 
     def __init__(
         self,
@@ -208,6 +213,15 @@ class SegmentationLoss(nn.Module):
         self.other_act = other_act
         self.reduction = reduction
         self.ignore_index = ignore_index
+
+    def __call__(self, input: torch.Tensor, target: torch.Tensor, **aux: torch.Tensor) -> torch.Tensor:
+        if not self.nan_propagates and isinstance(input, torch.Tensor):
+            _check_finite(input)
+        loss = super().__call__(input, target, **aux)
+        # NaN/inf logits make the loss non-finite: look at the input only then, instead of an extra pass every step
+        if isinstance(loss, torch.Tensor) and isinstance(input, torch.Tensor) and not torch.isfinite(loss).all():
+            _check_finite(input)
+        return loss
 
     def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Prepared:
         return prepare(
@@ -281,8 +295,6 @@ def prepare(
             f"target has {target.shape[1]} channels; expected 1 (label map) or {num_classes} (one-hot) "
             f"for input shape {tuple(input.shape)}"
         )
-    _check_finite(input)
-
     logits = input.to(torch.promote_types(input.dtype, torch.float32))  # float32 math under autocast, float64 kept
     is_label_map = target.shape[1] == 1 and (
         num_classes > 1 or not target.is_floating_point() or ignore_index is not None

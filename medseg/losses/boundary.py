@@ -549,6 +549,8 @@ class ActiveBoundaryLoss(_MapLoss):
 
     map_mode = "signed"
 
+    nan_propagates = False  # NaN logits can fall outside the voxels it scores
+
     def __init__(
         self,
         max_boundary_ratio: float = 0.01,

@@ -75,6 +75,8 @@ class RegionMutualInformationLoss(SegmentationLoss):
     Reference: Zhao, Wang, Cai, He, "Region Mutual Information Loss for Semantic Segmentation", NeurIPS 2019.
     """
 
+    nan_propagates = False  # NaN logits can fall outside the voxels it scores
+
     def __init__(
         self,
         include_background: bool = True,
