@@ -380,9 +380,9 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
         labels = prep.labels.flatten(1)  # (B, N), 0 at ignored voxels
         valid = torch.ones_like(probs[:, 0]) if prep.mask is None else prep.mask.flatten(1)
         m = self.dist_matrix.to(probs)
-        # row l_i of M for every voxel: the cost of each predicted class given the true one
-        cost = m[labels].transpose(1, 2)
-        wasserstein = (cost * probs).sum(1) * valid  # (B, N)
+        # Σ_c M[l_i, c] p_ic: one (C×C)·(C×N) product per item, then pick each voxel's true row l_i
+        expected_cost = torch.matmul(m, probs)  # (B, C, N)
+        wasserstein = expected_cost.gather(1, labels.unsqueeze(1)).squeeze(1) * valid  # (B, N)
         if self.weighting_mode == "GDL":
             volumes = prep.target.flatten(2).sum(-1)
             alpha = 1.0 / (volumes + 1.0)
