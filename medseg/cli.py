@@ -78,6 +78,12 @@ def _losses(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from medseg.demo import DEFAULT_LOSSES
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # the study runner parses its own arguments (medseg compare --help)
+        from medseg.study import main as compare
+
+        return compare(argv[1:])
+
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="synthetic BTCV -> train synapse_unet3d on CPU -> infer -> per-organ table")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes.add_argument("--steps", type=int, default=300, help="training steps per loss")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(func=_shapes)
+    sub.add_parser("compare", help="run a loss-by-network grid and write the survey's tables and plots")
     losses = sub.add_parser("losses", help="list the registered losses")
     losses.add_argument("--family", choices=["pixel", "region", "boundary", "compound", "extra"])
     losses.set_defaults(func=_losses)
