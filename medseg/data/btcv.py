@@ -40,7 +40,7 @@ from monai.transforms import (
 )
 
 from .augment import NnUNetAugmentd
-from .loading import MapLabelsd, ReadImaged, check_files_exist
+from .loading import MapLabelsd, ReadImaged, check_files_exist, output_keys
 from .synapse import BTCV_LABELS, DEFAULT_BTCV_TO_SYNAPSE, SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, case_name
 
 __all__ = ["btcv_cases", "btcv_datalist", "btcv_transforms", "split_cases"]
@@ -186,14 +186,6 @@ def btcv_datalist(
     return [{**cases[c], "name": case_name(c)} for c in chosen[split]]
 
 
-def _output_keys(transform: Any) -> list[str]:
-    """The keys a dictionary transform writes (``output_key`` of DistanceMapd, else its ``keys``)."""
-    out = getattr(transform, "output_keys", None)
-    if out is None:
-        out = getattr(transform, "keys", ())
-    return [out] if isinstance(out, str) else list(out)
-
-
 def btcv_transforms(
     train: bool,
     mapping: Mapping[int, int] | None = DEFAULT_BTCV_TO_SYNAPSE,
@@ -217,7 +209,7 @@ def btcv_transforms(
     ``aux_transforms`` (e.g. ``DistanceMapd``) run after the deterministic steps, before the first random one, so
     ``CacheDataset`` keeps their output; the keys they write are cropped and flipped with the image and label.
     """
-    aux_keys = [k for t in aux_transforms for k in _output_keys(t)]
+    aux_keys = [k for t in aux_transforms for k in output_keys(t)]
     keys = ["image", "label"]
     label_map = dict(mapping) if mapping is not None else {v: v for v in BTCV_LABELS}
     chain: list[Any] = [

@@ -13,25 +13,37 @@ for Semantic Urban Scene Understanding", CVPR 2016); the tests compare it with t
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.data import PILReader
-from monai.transforms import Compose, EnsureTyped, MapTransform, RandFlipd, RandSpatialCropd, ScaleIntensityRanged
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandFlipd,
+    RandSpatialCropd,
+    Resized,
+    ScaleIntensityRanged,
+)
 from PIL import Image
 
-from .loading import MapLabelsd, ReadImaged, check_files_exist, source_file_name
+from .loading import MapLabelsd, ReadImaged, check_files_exist, output_keys, source_file_name
 
 __all__ = [
     "CITYSCAPES_LABELS",
     "IGNORE_INDEX",
     "LABEL_ID_TO_TRAIN_ID",
     "TRAIN_CLASS_NAMES",
+    "TRAIN_ID_TO_LABEL_ID",
     "CityscapesLabel",
     "CityscapesTrainIdsd",
+    "MaskedOneHotd",
+    "SaveLabelIdsd",
     "cityscapes_datalist",
     "cityscapes_transforms",
     "labelids_to_trainids",
@@ -207,21 +219,130 @@ class CityscapesTrainIdsd(MapTransform):
         return d
 
 
-def cityscapes_transforms(train: bool, crop_size: tuple[int, int] | None = None, flip_prob: float = 0.5) -> Compose:
+def cityscapes_transforms(
+    train: bool,
+    crop_size: tuple[int, int] | None = None,
+    flip_prob: float = 0.5,
+    image_size: Sequence[int] | None = None,
+    aux_transforms: Sequence[Any] = (),
+    track_meta: bool = False,
+) -> Compose:
     """MONAI transforms for Cityscapes: read PNGs as ``(C, H, W)``, labels → trainIds, image → [0, 1].
 
-    Training adds a random ``crop_size`` crop (when given) and a horizontal flip with ``flip_prob``.
+    ``image_size`` ``(H, W)`` resizes whole frames to a working resolution (image bilinear with Gaussian
+    anti-aliasing, label nearest), e.g. ``(512, 1024)`` for half of the 1024×2048 frames. ``aux_transforms``
+    (e.g. ``DistanceMapd``) run next, before the first random step, so ``CacheDataset`` keeps their output.
+    Training adds a random ``crop_size`` crop (when given) and a horizontal flip with ``flip_prob``, applied to
+    the aux keys too. ``track_meta=True`` keeps the metadata and the record of the resize, so that ``Invertd``
+    can bring a prediction back to the frame's size and the file name travels with it (inference).
     Items without a ``"label"`` (test split) pass through with the image only.
     """
+    aux_keys = [k for t in aux_transforms for k in output_keys(t)]
     keys = ["image", "label"]
     chain: list[Any] = [
         ReadImaged(keys, reader=PILReader(reverse_indexing=False), ensure_channel_first=True, allow_missing_keys=True),
         CityscapesTrainIdsd("label", allow_missing_keys=True),
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
     ]
+    if image_size is not None:
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"image_size must be two positive ints (H, W), got {image_size}")
+        chain.append(
+            Resized(
+                keys,
+                spatial_size=tuple(image_size),
+                mode=("bilinear", "nearest"),
+                anti_aliasing=(True, False),
+                allow_missing_keys=True,
+            )
+        )
+    chain += list(aux_transforms)
+    keys = keys + aux_keys
     if train:
         if crop_size is not None:
             chain.append(RandSpatialCropd(keys, roi_size=tuple(crop_size), random_size=False, allow_missing_keys=True))
         chain.append(RandFlipd(keys, prob=flip_prob, spatial_axis=1, allow_missing_keys=True))
-    chain.append(EnsureTyped(keys, track_meta=False, allow_missing_keys=True))
+    chain.append(EnsureTyped(keys, track_meta=track_meta, allow_missing_keys=True))
     return Compose(chain)
+
+
+class MaskedOneHotd(MapTransform):
+    """One-hot encode class-index maps, all channels zero at the pixels whose label is ``ignore_index``.
+
+    MONAI's ``AsDiscreted(to_onehot=...)`` fails on a 255 label; MONAI's metrics (``MeanIoU``, ``MeanDice``)
+    sum over pixels, so a pixel that is zero in every channel of both prediction and label takes no part, as
+    in the official Cityscapes evaluation. ``keys`` hold ``(1, *spatial)`` class indices (the prediction after
+    ``argmax``, the label); ``label_key`` is the map whose ``ignore_index`` pixels are masked in all of them.
+    A value outside ``0..num_classes-1`` (other than ``ignore_index`` in the label) raises a ``ValueError``.
+
+    Args:
+        keys: the class-index maps to encode, e.g. ``["pred", "label"]``.
+        num_classes: the number of channels of the output.
+        label_key: the key of the label that defines the ignored pixels.
+        ignore_index: the ignored label value (``None``: a plain one-hot encoding).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        label_key: str = "label",
+        ignore_index: int | None = IGNORE_INDEX,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.label_key = label_key
+        self.ignore_index = ignore_index
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.label_key not in d:
+            raise ValueError(f"MaskedOneHotd needs the label key {self.label_key!r}; the data has {sorted(d)}")
+        label = torch.as_tensor(d[self.label_key])
+        if label.shape[0] != 1:
+            raise ValueError(f"{self.label_key} must hold class indices (1, *spatial), got shape {tuple(label.shape)}")
+        ignored = label == self.ignore_index if self.ignore_index is not None else torch.zeros_like(label, dtype=bool)
+        for key in self.key_iterator(d):
+            indices = torch.as_tensor(d[key])
+            if indices.shape != label.shape:
+                shapes = f"{tuple(label.shape)}, got {tuple(indices.shape)}"
+                raise ValueError(f"{key} must hold class indices of the label's shape {shapes}")
+            indices = indices.long().masked_fill(ignored, 0)
+            out_of_range = (indices < 0) | (indices >= self.num_classes)
+            if out_of_range.any():
+                bad = torch.unique(indices[out_of_range]).tolist()
+                raise ValueError(f"{key} holds values {bad} outside 0..{self.num_classes - 1}")
+            one_hot = torch.nn.functional.one_hot(indices[0], self.num_classes).movedim(-1, 0)
+            d[key] = one_hot.masked_fill(ignored, 0).to(torch.float32)
+        return d
+
+
+class SaveLabelIdsd(MapTransform):
+    """Write trainIds predictions as labelIds PNGs named for the official evaluation (inference output).
+
+    ``keys`` hold ``(1, H, W)`` trainIds (after ``argmax``) whose MONAI metadata names the source
+    ``leftImg8bit`` image (``Invertd`` copies it from the image); each is written to
+    ``output_dir/<city>_<seq>_<frame>_labelIds.png`` by :func:`save_labelids_png`, and the path is recorded in
+    ``d[f"{key}_path"]``. A prediction without a source file name raises a ``ValueError``.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            source = source_file_name(d[key])
+            if source == "<unknown file>":
+                raise ValueError(
+                    f"{key} has no source file name in its metadata: keep the image's metadata (track_meta) and "
+                    "copy it to the prediction (Invertd)"
+                )
+            if d[key].shape[0] != 1:
+                raise ValueError(f"{key} must be one (1, H, W) trainIds map, got shape {tuple(d[key].shape)}")
+            d[f"{key}_path"] = str(save_labelids_png(d[key][0], self.output_dir / prediction_filename(source)))
+        return d

@@ -205,7 +205,9 @@ class MapLabelsd(MapTransform):
             )
         mapped = torch.from_numpy(self.lut).to(indices.device)[indices].to(values.dtype)
         if isinstance(labels, MetaTensor):
-            return MetaTensor(mapped, meta=labels.meta, applied_operations=labels.applied_operations)
+            out = MetaTensor(mapped, meta=labels.meta, applied_operations=labels.applied_operations)
+            out.spatial_ndim = labels.spatial_ndim  # MONAI would infer 3 from a 2D image's 4x4 affine
+            return out
         if isinstance(labels, np.ndarray):
             return mapped.numpy()
         return mapped
@@ -215,3 +217,11 @@ class MapLabelsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.map_array(d[key], source_file_name(d[key]))
         return d
+
+
+def output_keys(transform: Any) -> list[str]:
+    """The keys a dictionary transform writes (``output_key`` of DistanceMapd, else its ``keys``)."""
+    out = getattr(transform, "output_keys", None)
+    if out is None:
+        out = getattr(transform, "keys", ())
+    return [out] if isinstance(out, str) else list(out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from monai.transforms import (
     Resized,
 )
 
-from .loading import LoadArrayd, MapLabelsd, check_files_exist
+from .loading import LoadArrayd, MapLabelsd, check_files_exist, output_keys
 
 __all__ = [
     "BTCV_LABELS",
@@ -41,6 +41,7 @@ __all__ = [
     "SYNAPSE_TRAIN_CASES",
     "case_name",
     "synapse_datalist",
+    "synapse_name_formatter",
     "synapse_organ_names",
     "synapse_slice_transforms",
     "synapse_volume_transforms",
@@ -140,41 +141,79 @@ def synapse_datalist(
     return datalist
 
 
-def synapse_slice_transforms(train: bool, image_size: int = 224, num_classes: int = 9) -> Compose:
+def _in_plane_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be a positive int or two positive ints (H, W), got {image_size}")
+    return size
+
+
+def synapse_slice_transforms(
+    train: bool,
+    image_size: int | Sequence[int] = 224,
+    num_classes: int = 9,
+    aux_transforms: Sequence[Any] = (),
+) -> Compose:
     """Transforms for the 2D slices of the TransUNet protocol: load, check labels, zoom, augment.
 
     Image and label are read from the npz (``(1, H, W)`` after adding the channel), the label values checked
-    against ``0..num_classes-1``, both resized to ``image_size`` (bicubic image, nearest label; TransUNet
-    zooms with spline order 3 / 0). Training adds TransUNet's augmentation: with probability 0.5 a random
-    rot90 (k in 0..3) and a flip along a random axis, else with probability 0.5 a rotation in ±20°
-    (nearest for the label), else nothing.
+    against ``0..num_classes-1``, both resized to ``image_size`` (an int for a square, or ``(H, W)``; bicubic
+    image, nearest label; TransUNet zooms with spline order 3 / 0). Training adds TransUNet's augmentation:
+    with probability 0.5 a random rot90 (k in 0..3) and a flip along a random axis, else with probability 0.5
+    a rotation in ±20° (nearest for the label, bilinear for the image and the aux maps), else nothing.
+
+    ``aux_transforms`` (e.g. ``DistanceMapd``) run after the zoom, before the first random step, so
+    ``CacheDataset`` keeps their output; the keys they write are rotated and flipped with the image and label.
+    """
+
+    aux_keys = [k for t in aux_transforms for k in output_keys(t)]
+    keys = ["image", "label"]
+    chain: list[Any] = [
+        LoadArrayd(keys),
+        MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        Resized(keys, spatial_size=_in_plane_size(image_size), mode=("bicubic", "nearest")),
+        *aux_transforms,
+    ]
+    keys = keys + aux_keys
+    if train:
+        rotate_and_flip = Compose([RandRotate90d(keys, prob=1.0, max_k=4), RandAxisFlipd(keys, prob=1.0)])
+        modes = ("bilinear", "nearest", *["bilinear"] * len(aux_keys))
+        small_rotation = RandRotated(keys, range_x=math.radians(20), prob=1.0, mode=modes)
+        chain.append(OneOf([rotate_and_flip, small_rotation, Identityd(keys)], weights=(0.5, 0.25, 0.25)))
+    chain.append(EnsureTyped(keys, track_meta=False))
+    return Compose(chain)
+
+
+def synapse_volume_transforms(num_classes: int = 9, image_size: int | Sequence[int] | None = None) -> Compose:
+    """Transforms for the 3D test volumes: load ``(1, D, H, W)`` image and label, check the label values.
+
+    Evaluation under the TransUNet protocol zooms each slice to the network size and back. With
+    ``image_size`` (an int for a square, or ``(H, W)``) the image's slices are resized to it here, bilinear
+    within each slice (trilinear interpolation with the depth unchanged does not mix slices), and the
+    resize is recorded in the image's metadata, so that ``Invertd`` can zoom a prediction back to the
+    stored size; the label stays at the stored size, the size the protocol scores at. Without ``image_size``
+    the volume stays at its stored size.
     """
     keys = ["image", "label"]
     chain: list[Any] = [
         LoadArrayd(keys),
         MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
         EnsureChannelFirstd(keys, channel_dim="no_channel"),
-        Resized(keys, spatial_size=(image_size, image_size), mode=("bicubic", "nearest")),
     ]
-    if train:
-        rotate_and_flip = Compose([RandRotate90d(keys, prob=1.0, max_k=4), RandAxisFlipd(keys, prob=1.0)])
-        small_rotation = RandRotated(keys, range_x=math.radians(20), prob=1.0, mode=("bilinear", "nearest"))
-        chain.append(OneOf([rotate_and_flip, small_rotation, Identityd(keys)], weights=(0.5, 0.25, 0.25)))
-    chain.append(EnsureTyped(keys, track_meta=False))
+    if image_size is not None:
+        chain.append(Resized("image", spatial_size=(-1, *_in_plane_size(image_size)), mode="trilinear"))
     return Compose(chain)
 
 
-def synapse_volume_transforms(num_classes: int = 9) -> Compose:
-    """Transforms for the 3D test volumes: load ``(1, D, H, W)`` image and label, check the label values.
+def synapse_name_formatter(metadict: Mapping[str, Any] | None, saver: Any) -> dict[str, Any]:
+    """``output_name_formatter`` for MONAI's ``SaveImage(d)``: ``case0001`` for ``test_vol_h5/case0001.npy.h5``.
 
-    Evaluation under the TransUNet protocol zooms each slice to the network size and back; that belongs to
-    the inference code, so the volume stays at its stored size here.
+    MONAI's default keeps ``case0001.npy`` (it strips one extension); this strips the TransUNet ``.npy.h5``
+    (and any other extension), so that predictions are named like TransUNet's ``case0001_pred.nii.gz``.
     """
-    keys = ["image", "label"]
-    return Compose(
-        [
-            LoadArrayd(keys),
-            MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
-            EnsureChannelFirstd(keys, channel_dim="no_channel"),
-        ]
-    )
+    source = (metadict or {}).get("filename_or_obj")
+    if not source:
+        raise ValueError("cannot name the output file: the metadata has no filename_or_obj")
+    name = Path(str(source)).name
+    return {"subject": name.split(".", 1)[0], "idx": None}
