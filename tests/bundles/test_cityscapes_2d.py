@@ -198,13 +198,14 @@ def test_metadata_has_every_mandatory_field():
     assert channels == {str(i): name for i, name in enumerate(TRAIN_CLASS_NAMES)}  # the 19 trainIds in order
 
 
-def test_bundle_properties_are_complete(synthetic_cityscapes):
+def test_bundle_properties_are_complete(tmp_path, synthetic_cityscapes):
     for config, kind in (("train.json", "train"), ("inference.json", "infer")):
         workflow = ConfigWorkflow(
             config_file=str(CONFIGS / config),
             meta_file=str(CONFIGS / "metadata.json"),
             logging_file=False,
             workflow_type=kind,
+            bundle_root=str(tmp_path),  # handlers write logs under it
             dataset_dir=str(synthetic_cityscapes),
             **TINY,
             **TINY_UNET,

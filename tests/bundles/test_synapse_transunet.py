@@ -171,13 +171,14 @@ def test_metadata_has_every_mandatory_field():
     assert channels == {"0": "background", **{str(k): v for k, v in synapse_organ_names().items()}}
 
 
-def test_bundle_properties_are_complete(synthetic_transunet):
+def test_bundle_properties_are_complete(tmp_path, synthetic_transunet):
     for config, kind in (("train.json", "train"), ("inference.json", "infer")):
         workflow = ConfigWorkflow(
             config_file=str(CONFIGS / config),
             meta_file=str(CONFIGS / "metadata.json"),
             logging_file=False,
             workflow_type=kind,
+            bundle_root=str(tmp_path),  # handlers write logs under it
             dataset_dir=str(synthetic_transunet),
             **TINY,
         )
