@@ -18,9 +18,10 @@ from monai.data import MetaTensor
 from monai.networks.nets import UNet
 from PIL import Image
 
-import medseg.engine
 from medseg.data import TRAIN_CLASS_NAMES, cityscapes_datalist, cityscapes_transforms, trainids_to_labelids
 from medseg.data.cityscapes import MaskedOneHotd, SaveLabelIdsd
+
+from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "cityscapes_2d" / "configs"
@@ -36,29 +37,6 @@ TINY = {
     "image_size": [16, 32],
     "roi_size": [16, 16],
     "amp": False,
-}
-MANDATORY_METADATA = (
-    "version",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "required_packages_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "network_data_format",
-)
-TENSOR_FORMAT_KEYS = {
-    "type",
-    "format",
-    "modality",
-    "num_channels",
-    "spatial_shape",
-    "dtype",
-    "value_range",
-    "is_patch_data",
-    "channel_def",
 }
 
 
@@ -77,10 +55,6 @@ def train(
         dataset_dir=str(dataset),
         **{**TINY, **network, **overrides},
     )
-
-
-def last_checkpoint(bundle_root: Path) -> dict:
-    return torch.load(medseg.engine.last_checkpoint(bundle_root / "models"), weights_only=True)
 
 
 def tiny_unet() -> UNet:

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigWorkflow, ckpt_export, run, verify_net_in_out
 
-import medseg.engine
 from medseg.data import synapse_organ_names
 from medseg.networks import TransUNet
+
+from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "synapse_transunet" / "configs"
@@ -38,29 +39,6 @@ TINY = {
     "amp": False,
     **TINY_NETWORK,
 }
-MANDATORY_METADATA = (
-    "version",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "required_packages_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "network_data_format",
-)
-TENSOR_FORMAT_KEYS = {
-    "type",
-    "format",
-    "modality",
-    "num_channels",
-    "spatial_shape",
-    "dtype",
-    "value_range",
-    "is_patch_data",
-    "channel_def",
-}
 
 
 def train(bundle_root: Path, dataset: Path, *extra_configs: Path, logging_file: str | bool | None = None, **overrides):
@@ -71,10 +49,6 @@ def train(bundle_root: Path, dataset: Path, *extra_configs: Path, logging_file: 
         dataset_dir=str(dataset),
         **{**TINY, **overrides},
     )
-
-
-def last_checkpoint(bundle_root: Path) -> dict:
-    return torch.load(medseg.engine.last_checkpoint(bundle_root / "models"), weights_only=True)
 
 
 def test_train_then_evaluate_then_infer(tmp_path, synthetic_transunet):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ckpt_export, run, verify_net_in_out
 
-import medseg.engine
+from ._common import MANDATORY_METADATA, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "synapse_unet3d"
@@ -32,18 +32,6 @@ TINY = {
     "network_def#strides": [2, 2],
     "network_def#num_res_units": 0,
 }
-MANDATORY_METADATA = (
-    "version",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "required_packages_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "network_data_format",
-)
 
 
 def train(bundle_root: Path, dataset: Path, *extra_configs: Path, **overrides):
@@ -55,12 +43,6 @@ def train(bundle_root: Path, dataset: Path, *extra_configs: Path, **overrides):
         dataset_dir=str(dataset),
         **{**TINY, **overrides},
     )
-
-
-def last_checkpoint(bundle_root: Path) -> dict:
-    ckpt = torch.load(medseg.engine.last_checkpoint(bundle_root / "models"), weights_only=True)
-    ckpt["trainer"]["epoch"] = ckpt["trainer"]["iteration"] // ckpt["trainer"]["epoch_length"]  # ignite keeps these
-    return ckpt
 
 
 def test_train_then_evaluate_then_infer(tmp_path, synthetic_btcv):
