@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="synthetic BTCV -> train synapse_unet3d on CPU -> infer -> per-organ table")
     demo.add_argument("--loss", default="dice_ce", help="a loss overlay name (configs/losses/<loss>.json)")
-    demo.add_argument("--epochs", type=int, default=60)
+    demo.add_argument("--epochs", type=int, default=120)
     demo.add_argument("--out", default="medseg_demo", help="folder for data, model, predictions and metrics")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)

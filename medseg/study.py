@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg.bundles import CPU_UNET3D
+
 __all__ = [
     "ADAPTERS",
     "PRESETS",
@@ -177,16 +179,12 @@ def _btcv_pair(run_dir: Path, entry: Mapping[str, Any], image_name: str) -> tupl
     """Prediction and Synapse-mapped reference label maps of one test case, and the reference NIfTI."""
     import nibabel as nib
 
-    from medseg.data.synapse import DEFAULT_BTCV_TO_SYNAPSE
+    from medseg.bundles import synapse_reference
 
-    lookup = np.zeros(256, dtype=np.int64)
-    for btcv, synapse in DEFAULT_BTCV_TO_SYNAPSE.items():
-        lookup[btcv] = synapse
     pred_path = run_dir / "predictions" / f"{image_name}_seg.nii.gz"
     if not pred_path.is_file():
         raise FileNotFoundError(f"no prediction {pred_path} for test case {entry['image']}")
-    ref_img = nib.load(entry["label"])
-    ref = lookup[np.asarray(ref_img.dataobj).astype(np.int64)]
+    ref, ref_img = synapse_reference(entry["label"])
     return np.asarray(nib.load(pred_path).dataobj).astype(np.int64), ref, ref_img
 
 
@@ -206,20 +204,11 @@ def _infer_btcv(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, Any]) 
 
 def _score_btcv(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, Any]) -> pd.DataFrame:
     """Predict the test cases with ``models/model.pt`` and score them in mm (``clinical`` convention)."""
-    from medseg.data.synapse import DEFAULT_BTCV_TO_SYNAPSE, synapse_organ_names
-    from medseg.metrics import get_convention, score_label_maps
+    from medseg.bundles import score_btcv_predictions
 
     _infer_btcv(run_dir, dataset_dir, overrides)
-    names = synapse_organ_names(DEFAULT_BTCV_TO_SYNAPSE)
-    convention = get_convention("clinical")
-    rows = []
-    for image_name, entry in _btcv_test_cases(dataset_dir).items():
-        pred, ref, ref_img = _btcv_pair(run_dir, entry, image_name)
-        for row in score_label_maps(pred, ref, ref_img.header.get_zooms()[:3], names, convention):
-            rows.append(
-                {"case": image_name, "structure": row["structure"], "dice": row["dice"], "hd95": row["hd95_mm"]}
-            )
-    return pd.DataFrame(rows)
+    table = score_btcv_predictions(run_dir / "predictions", dataset_dir)
+    return table[["case", "structure", "dice", "hd95_mm"]].rename(columns={"hd95_mm": "hd95"})
 
 
 def _overlay_btcv(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -522,22 +511,6 @@ def plot_all(out: str | Path, grid: Grid, metrics: pd.DataFrame) -> list[Path]:
 
 # --- presets and the command line -------------------------------------------------------------------------------
 
-#: synapse_unet3d on 2 CPU cores in about a minute per run: 48² synthetic volumes resampled to 8 × 8 × 16 mm
-#: voxels, 32 × 32 × 16 patches, a 3-level UNet, 30 epochs.
-_CPU_UNET3D = {
-    "max_epochs": 30,
-    "val_interval": 5,
-    "num_workers": 0,
-    "batch_size": 2,
-    "num_samples": 2,
-    "learning_rate": 3e-3,
-    "roi_size": [32, 32, 16],
-    "pixdim": [8.0, 8.0, 16.0],
-    "network_def#channels": [8, 16, 32],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-}
-
 #: The survey's hyperparameter study (Table 5); medseg's values around each loss's default (the paper reports
 #: its Table 5 only as text-level findings, so these are not its exact grid).
 SURVEY_SETTINGS: dict[str, list[dict[str, Any]]] = {
@@ -565,7 +538,7 @@ def _tiny_grid() -> Grid:
         losses=["dice_ce", "dice", "focal", "tversky"],
         seeds=(0,),
         settings={"focal": [{}, {"loss_kwargs#focal#gamma": 1.0}]},
-        overrides={"synapse_unet3d": _CPU_UNET3D},
+        overrides={"synapse_unet3d": CPU_UNET3D},
         synthetic={"cases": 6, "size": 48, "seed": 0},
     )
 
