@@ -115,3 +115,18 @@ def test_weight_schedule_sets_weights_at_each_epoch_start():
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(recorder.weights)))
     engine.run([0], max_epochs=3)
     assert [round(s["dice"], 6) for s in seen] == [1.0, 0.9, 0.8]
+
+
+def test_weight_schedule_drives_a_real_compound_loss():
+    from ignite.engine import Engine, Events
+
+    from medseg.losses import CompoundLoss
+
+    loss = CompoundLoss({"dice": 1.0, "boundary": 0.0}, loss_kwargs={"dice": {"softmax": True}})
+    engine = Engine(lambda e, b: None)
+    LossWeightSchedule(BatchAuxLoss(loss), rebalance_schedule("dice", "boundary", step=0.25, floor=0.5)).attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(loss.weights))
+    engine.run([0], max_epochs=4)
+    assert [w["dice"] for w in seen] == [1.0, 0.75, 0.5, 0.5]  # falls by 0.25 per epoch to the floor
+    assert [w["boundary"] for w in seen] == [0.0, 0.25, 0.5, 0.5]
