@@ -130,3 +130,44 @@ def test_weight_schedule_drives_a_real_compound_loss():
     engine.run([0], max_epochs=4)
     assert [w["dice"] for w in seen] == [1.0, 0.75, 0.5, 0.5]  # falls by 0.25 per epoch to the floor
     assert [w["boundary"] for w in seen] == [0.0, 0.25, 0.5, 0.5]
+
+
+def test_three_iterations_with_distancemapd_and_a_boundary_loss():
+    from medseg.losses import CompoundLoss
+    from medseg.transforms import DistanceMapd
+
+    class CountingDistanceMapd(DistanceMapd):
+        calls = 0
+
+        def __call__(self, data):
+            type(self).calls += 1
+            return super().__call__(data)
+
+    keys = ["image", "label", "dist"]
+    transforms = Compose(
+        [
+            CountingDistanceMapd(keys="label", mode="signed", num_classes=2, output_key="dist"),
+            RandSpatialCropd(keys=keys, roi_size=(8, 8), random_size=False),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        ]
+    )
+    dataset = CacheDataset(make_items(3), transforms, cache_rate=1.0, progress=False)
+    compound = CompoundLoss(
+        {"dice": 0.5, "boundary": 0.5}, loss_kwargs={"dice": {"softmax": True}, "boundary": {"softmax": True}}
+    )
+    loss = BatchAuxLoss(compound)
+    net = nn.Conv2d(1, 2, 3, padding=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(dataset, batch_size=1),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+        loss_function=loss,
+        prepare_batch=PrepareBatchWithAux(loss),
+    )
+    trainer.run()
+    assert trainer.state.iteration == 3
+    assert CountingDistanceMapd.calls == 3  # computed once per item when the cache was built
+    assert loss.aux["dist"].shape == (1, 2, 8, 8)  # the cropped map of the last batch reached the loss
+    assert torch.isfinite(compound.last_values["boundary"])
