@@ -222,10 +222,101 @@ def _overlay_btcv(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarr
     return image[..., z].T, ref[..., z].T, pred[..., z].T
 
 
-#: Bundle name → how the study runs it. synapse_transunet and cityscapes_2d are to be added once their
-#: inference configs are settled (Cityscapes would fill Table 4 with ``iou`` rows).
+#: CPU size of cityscapes_2d for the study: 128 × 64 frames resized to 64 × 128, 64² crops and windows, a 3-level
+#: UNet of 8–32 channels, 20 epochs (minutes on 2 CPU cores; the bundle's own: 512 × 1024, 300 epochs).
+CPU_CITYSCAPES = {
+    "max_epochs": 20,
+    "val_interval": 10,
+    "num_workers": 0,
+    "batch_size": 4,
+    "image_size": [64, 128],
+    "roi_size": [64, 64],
+    "amp": False,
+    "network_def#channels": [8, 16, 32],
+    "network_def#strides": [2, 2],
+    "network_def#num_res_units": 0,
+}
+#: Config ids of cityscapes_2d's inference config that must match the training (network and preprocessing).
+_CITYSCAPES_INFERENCE_IDS = ("image_size", "roi_size", "num_classes", "amp")
+
+
+def _make_synthetic_cityscapes(root: Path, cases: int = 12, size: int = 128, seed: int = 0) -> Path:
+    from medseg.data.synthetic import make_cityscapes
+
+    return make_cityscapes(root, cases=cases, size=size, seed=seed)
+
+
+def _cityscapes_val_cases(dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    """Val image name (``<city>_<seq>_<frame>``) → its datalist entry: the labelled split the study scores."""
+    from medseg.data import cityscapes_datalist
+
+    return {d["name"]: d for d in cityscapes_datalist(dataset_dir, "val")}
+
+
+def _cityscapes_pair(run_dir: Path, entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and reference labelIds of one val image (a ``labelTrainIds`` reference mapped back to labelIds,
+    its ignored 255 to ``unlabeled``, 0, which the evaluation leaves out too)."""
+    from PIL import Image
+
+    from medseg.data.cityscapes import TRAIN_ID_TO_LABEL_ID
+
+    pred_path = run_dir / "predictions" / f"{entry['name']}_labelIds.png"
+    if not pred_path.is_file():
+        raise FileNotFoundError(f"no prediction {pred_path} for val image {entry['image']}")
+    ref = np.asarray(Image.open(entry["label"])).astype(np.int64)
+    if entry["label"].endswith("_labelTrainIds.png"):
+        to_label_ids = np.zeros(256, dtype=np.int64)
+        for train_id, label_id in TRAIN_ID_TO_LABEL_ID.items():
+            to_label_ids[train_id] = label_id
+        ref = to_label_ids[ref]
+    return np.asarray(Image.open(pred_path)).astype(np.int64), ref
+
+
+def _score_cityscapes(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, Any]) -> pd.DataFrame:
+    """Predict the val images with ``models/model.pt`` (labelIds PNGs at full size) and score them as the official
+    script does: one labelId confusion matrix over all images, IoU per evaluated class (a class absent from every
+    reference and prediction has no row), so the mean of the rows is the official mIoU."""
+    from medseg.bundles import infer
+    from medseg.metrics.cityscapes import class_counts, class_iou, evaluated_classes, labelid_confusion
+
+    network = {k: v for k, v in overrides.items() if k.startswith("network_def") or k in _CITYSCAPES_INFERENCE_IDS}
+    infer(
+        "cityscapes_2d",
+        run_dir,
+        dataset_dir=str(dataset_dir),
+        output_dir=str(run_dir / "predictions"),
+        num_workers=0,
+        **network,
+    )
+    names = {label_id: name for label_id, (_, name) in evaluated_classes().items()}
+    # the official mIoU: one confusion matrix summed over all val images, then IoU per class
+    confusion = sum(
+        labelid_confusion(*_cityscapes_pair(run_dir, e)) for e in _cityscapes_val_cases(dataset_dir).values()
+    )
+    iou = class_iou(class_counts(confusion))
+    rows = [{"case": "val", "structure": names[k], "iou": v} for k, v in iou.items() if not np.isnan(v)]
+    return pd.DataFrame(rows, columns=["case", "structure", "iou"])
+
+
+def _overlay_cityscapes(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Val image ``case``: RGB frame, reference and prediction trainIds (rows flipped for ``origin="lower"``)."""
+    from PIL import Image
+
+    from medseg.data import labelids_to_trainids
+
+    entry = _cityscapes_val_cases(dataset_dir)[case]
+    pred, ref = _cityscapes_pair(run_dir, entry)
+    image = np.asarray(Image.open(entry["image"]).convert("RGB"))
+    ref_train, pred_train = (labelids_to_trainids(a, str(entry["label"])) for a in (ref, pred))
+    return image[::-1], ref_train[::-1], pred_train[::-1]
+
+
+#: Bundle name → how the study runs it. synapse_transunet is to be added once its inference config is settled.
 ADAPTERS: dict[str, BundleAdapter] = {
     "synapse_unet3d": BundleAdapter("UNet 3D", "synapse", _make_synthetic_btcv, _score_btcv, _overlay_btcv),
+    "cityscapes_2d": BundleAdapter(
+        "UNet 2D", "cityscapes", _make_synthetic_cityscapes, _score_cityscapes, _overlay_cityscapes
+    ),
 }
 
 

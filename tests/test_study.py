@@ -172,3 +172,34 @@ def test_bad_grid_is_a_clear_error(dataset):
         dataclasses.replace(two_by_two(dataset), settings={"dice": [{}]}).runs()
     with pytest.raises(ValueError, match="focal has the same setting twice"):
         dataclasses.replace(two_by_two(dataset), settings={"focal": [GAMMA_1, GAMMA_1]}).runs()
+
+
+def test_cityscapes_grid_fills_table4_with_the_mean_iou_of_its_predictions(tmp_path):
+    from medseg.data.cityscapes import TRAIN_ID_TO_LABEL_ID
+
+    tiny = {"max_epochs": 1, "val_interval": 1, "num_workers": 0, "batch_size": 3, "amp": False}
+    tiny |= {"image_size": [16, 32], "roi_size": [16, 16], "network_def#channels": [4, 8, 16]}
+    tiny |= {"network_def#strides": [2, 2], "network_def#num_res_units": 0}
+    # 4 synthetic frames of 64 × 32: 3 train, 1 val (the scored split)
+    grid = study.Grid(["cityscapes_2d"], ["dice_ce"], [0], overrides={"cityscapes_2d": tiny})
+    grid.synthetic = {"cases": 4, "size": 64, "seed": 0}
+    study.run_grid(grid, tmp_path)
+    metrics = study.collect(tmp_path)
+    study.write_tables(metrics, study.survey_tables(metrics), tmp_path / "tables")
+    table4 = pd.read_csv(tmp_path / "tables" / "table4_cityscapes.csv", index_col=[0, 1])
+    miou = table4.loc[("UNet 2D", "dice_ce"), "mIoU"]
+    assert len(table4) == 1 and np.isfinite(miou)
+
+    # the official rule by hand on the one val image: FP only where the reference is an evaluated class
+    (pred_path,) = (grid.runs()[0].folder(tmp_path) / "predictions").glob("*_labelIds.png")
+    (ref_path,) = (tmp_path / "data" / "cityscapes_2d" / "gtFine" / "val").glob("*/*_gtFine_labelIds.png")
+    pred, ref = np.asarray(Image.open(pred_path)), np.asarray(Image.open(ref_path))
+    evaluated = np.isin(ref, list(TRAIN_ID_TO_LABEL_ID.values()))
+    ious = []
+    for c in TRAIN_ID_TO_LABEL_ID.values():
+        tp = np.sum((pred == c) & (ref == c))
+        fn = np.sum((ref == c) & (pred != c))
+        fp = np.sum((pred == c) & (ref != c) & evaluated)
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+    assert miou == pytest.approx(100 * np.mean(ious))
