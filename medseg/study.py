@@ -162,7 +162,7 @@ class BundleAdapter:
     overlay: Callable[[Path, Path, str], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _make_synthetic_btcv(root: Path, cases: int = 6, size: int = 32, seed: int = 0) -> Path:
+def _make_synthetic_btcv(root: Path, cases: int = 6, size: int = 48, seed: int = 0) -> Path:
     from medseg.data.synthetic import make_synapse
 
     return make_synapse(root, layout="btcv", cases=cases, size=size, seed=seed, datalist=True)
@@ -299,12 +299,14 @@ def _score_cityscapes(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, 
 
 
 def _overlay_cityscapes(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Val image ``case``: RGB frame, reference and prediction trainIds (rows flipped for ``origin="lower"``)."""
+    """Val image ``case`` (else the first): RGB frame, reference and prediction trainIds (rows flipped for
+    ``origin="lower"``)."""
     from PIL import Image
 
     from medseg.data import labelids_to_trainids
 
-    entry = _cityscapes_val_cases(dataset_dir)[case]
+    cases = _cityscapes_val_cases(dataset_dir)
+    entry = cases.get(case) or next(iter(cases.values()))  # scores are dataset-level ("val"): show the first image
     pred, ref = _cityscapes_pair(run_dir, entry)
     image = np.asarray(Image.open(entry["image"]).convert("RGB"))
     ref_train, pred_train = (labelids_to_trainids(a, str(entry["label"])) for a in (ref, pred))
@@ -629,8 +631,8 @@ def _tiny_grid() -> Grid:
         losses=["dice_ce", "dice", "focal", "tversky"],
         seeds=(0,),
         settings={"focal": [{}, {"loss_kwargs#focal#gamma": 1.0}]},
-        overrides={"synapse_unet3d": CPU_UNET3D},
-        synthetic={"cases": 6, "size": 48, "seed": 0},
+        overrides={"synapse_unet3d": CPU_UNET3D, "cityscapes_2d": CPU_CITYSCAPES},  # --bundles picks either
+        synthetic={"seed": 0},  # each bundle's writer has CPU-size defaults
     )
 
 

@@ -186,6 +186,8 @@ def test_cityscapes_grid_fills_table4_with_the_mean_iou_of_its_predictions(tmp_p
     study.run_grid(grid, tmp_path)
     metrics = study.collect(tmp_path)
     study.write_tables(metrics, study.survey_tables(metrics), tmp_path / "tables")
+    study.plot_all(tmp_path, grid, metrics)
+    assert (tmp_path / "plots" / "overlays_cityscapes_2d.png").is_file()
     table4 = pd.read_csv(tmp_path / "tables" / "table4_cityscapes.csv", index_col=[0, 1])
     miou = table4.loc[("UNet 2D", "dice_ce"), "mIoU"]
     assert len(table4) == 1 and np.isfinite(miou)
