@@ -5,6 +5,7 @@ Runs on the CPU in about a minute with the defaults; ``medseg demo --help`` list
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import pandas as pd
@@ -17,8 +18,6 @@ from tqdm import tqdm
 from medseg.losses import get_loss, loss_info
 
 DEFAULT_LOSSES = ("ce", "dice", "dice_ce", "focal", "tversky", "focal_tversky")
-#: arguments each demo loss needs beyond the defaults (logits in, softmax inside the loss)
-DEMO_KWARGS: dict[str, dict] = {"ce": {}, "topk": {}, "focal": {}}
 NUM_CLASSES = 3  # background, a large disc, a small square
 
 
@@ -40,11 +39,23 @@ def synthetic_shapes(n: int, size: int = 48, seed: int = 0) -> tuple[torch.Tenso
     return torch.stack(images), torch.stack(labels)
 
 
+def build_demo_loss(name: str) -> torch.nn.Module:
+    """The loss on logits: ``softmax=True`` where the loss has the flag; losses that read maps or features are
+    left to the bundles (they need a data pipeline)."""
+    info = loss_info(name)
+    if info.aux_keys or "checkpoint" in inspect.signature(info.cls.__init__).parameters:
+        raise ValueError(f"loss {name!r} reads {list(info.aux_keys) or 'a checkpoint'}: try it with a bundle")
+    kwargs = {"softmax": True} if "softmax" in inspect.signature(info.cls.__init__).parameters else {}
+    if name == "gwdl":
+        kwargs["dist_matrix"] = torch.ones(NUM_CLASSES, NUM_CLASSES) - torch.eye(NUM_CLASSES)
+    return get_loss(name, **kwargs)
+
+
 def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
     """Train a small UNet with ``loss_name`` for ``steps`` steps; return validation Dice per class."""
     torch.manual_seed(seed)
     net = UNet(2, 1, NUM_CLASSES, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
-    loss = get_loss(loss_name, **DEMO_KWARGS.get(loss_name, {"softmax": True}))
+    loss = build_demo_loss(loss_name)
     params = list(net.parameters()) + list(loss.parameters())
     opt = torch.optim.Adam(params, lr=3e-3)
     images, labels = data

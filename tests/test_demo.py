@@ -20,3 +20,17 @@ def test_shapes_command_prints_one_row_per_loss(capsys):
     assert main(["shapes", "--losses", "dice", "focal", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "dice" in out and "focal" in out and "dice_square" in out
+
+
+def test_shapes_demo_builds_every_logits_only_loss_and_names_the_others():
+    import pytest
+
+    from medseg.demo import build_demo_loss
+    from medseg.losses import list_losses
+
+    for info in list_losses():
+        if info.aux_keys:
+            with pytest.raises(ValueError, match="try it with a bundle"):
+                build_demo_loss(info.name)
+        elif info.name != "inverse_form":
+            assert build_demo_loss(info.name) is not None
