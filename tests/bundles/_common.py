@@ -40,3 +40,20 @@ def last_checkpoint(bundle_root: Path) -> dict:
     ckpt = torch.load(medseg.engine.last_checkpoint(bundle_root / "models"), weights_only=True)
     ckpt["trainer"]["epoch"] = ckpt["trainer"]["iteration"] // ckpt["trainer"]["epoch_length"]  # ignite keeps these
     return ckpt
+
+
+def assert_bundle_properties(configs: Path, bundle_root: Path, **overrides) -> None:
+    """MONAI's required train and inference properties are all defined by the bundle's configs."""
+    from monai.bundle import ConfigWorkflow
+
+    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
+        workflow = ConfigWorkflow(
+            config_file=str(configs / config),
+            meta_file=str(configs / "metadata.json"),
+            logging_file=False,
+            workflow_type=kind,
+            bundle_root=str(bundle_root),  # handlers write logs under it
+            **overrides,
+        )
+        workflow.initialize()
+        assert not workflow.check_properties(), config

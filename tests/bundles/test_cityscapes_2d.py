@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, run, verify_net_in_out
+from monai.bundle import ckpt_export, run, verify_net_in_out
 from monai.data import MetaTensor
 from monai.networks.nets import UNet
 from PIL import Image
@@ -21,7 +21,7 @@ from PIL import Image
 from medseg.data import TRAIN_CLASS_NAMES, cityscapes_datalist, cityscapes_transforms, trainids_to_labelids
 from medseg.data.cityscapes import MaskedOneHotd, SaveLabelIdsd
 
-from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, last_checkpoint
+from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, assert_bundle_properties, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "cityscapes_2d" / "configs"
@@ -173,19 +173,7 @@ def test_metadata_has_every_mandatory_field():
 
 
 def test_bundle_properties_are_complete(tmp_path, synthetic_cityscapes):
-    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config),
-            meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=False,
-            workflow_type=kind,
-            bundle_root=str(tmp_path),  # handlers write logs under it
-            dataset_dir=str(synthetic_cityscapes),
-            **TINY,
-            **TINY_UNET,
-        )
-        workflow.initialize()
-        assert not workflow.check_properties(), config  # MONAI's required train/infer properties are all there
+    assert_bundle_properties(CONFIGS, tmp_path, dataset_dir=str(synthetic_cityscapes), **TINY, **TINY_UNET)
 
 
 @pytest.mark.parametrize("network", ["unet", "transunet"])

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigWorkflow, ckpt_export, run, verify_net_in_out
+from monai.bundle import ckpt_export, run, verify_net_in_out
 
 from medseg.data import synapse_organ_names
 from medseg.networks import TransUNet
 
-from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, last_checkpoint
+from ._common import MANDATORY_METADATA, TENSOR_FORMAT_KEYS, assert_bundle_properties, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "synapse_transunet" / "configs"
@@ -146,18 +146,7 @@ def test_metadata_has_every_mandatory_field():
 
 
 def test_bundle_properties_are_complete(tmp_path, synthetic_transunet):
-    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config),
-            meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=False,
-            workflow_type=kind,
-            bundle_root=str(tmp_path),  # handlers write logs under it
-            dataset_dir=str(synthetic_transunet),
-            **TINY,
-        )
-        workflow.initialize()
-        assert not workflow.check_properties(), config  # MONAI's required train/infer properties are all there
+    assert_bundle_properties(CONFIGS, tmp_path, dataset_dir=str(synthetic_transunet), **TINY)
 
 
 def test_verify_net_in_out_and_ckpt_export(tmp_path):
