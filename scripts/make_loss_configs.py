@@ -1,12 +1,18 @@
-"""Write one bundle config overlay per registered loss: configs/losses/<name>.json (``--check``: fail if stale).
+"""Write the bundle config overlays of every registered loss under configs/losses/ (``--check``: fail if stale).
 
-Each overlay sets the bundle's ``loss_weights``/``loss_kwargs`` to the survey's protocol, 0.5·CE + 0.5·X with the
-paper's recommended hyperparameters (a compound loss that already contains CE, and CE itself, are used alone), and,
-for losses that read a distance or weight map, adds ``DistanceMapd`` to the training transforms (before the first
-random one; the bundle's ``prepare_batch`` hands the map to the loss). Use with any bundle:
+Each overlay's file name says what it optimises, and so does its ``loss_name``:
+
+- ``<name>.json``: the loss alone (``loss_weights`` ``{name: 1.0}``);
+- ``ce+<name>.json``: 0.5·CE + 0.5·loss, the TransUNet protocol's pairing (0.5·CE + 0.5·Dice) applied to every
+  loss; not written for losses that already hold a cross-entropy term (``ce``, ``dice_ce``, ``combo``,
+  ``exp_log``, ``unified_focal``).
+
+Both use the paper's recommended hyperparameters and, for losses that read a distance or weight map, add
+``DistanceMapd`` to the training transforms (before the first random one; the bundle's ``prepare_batch`` hands the
+map to the loss). Use with any bundle:
 
     python -m monai.bundle run \
-        --config_file "['bundles/synapse_unet3d/configs/train.json','configs/losses/tversky.json']"
+        --config_file "['bundles/synapse_unet3d/configs/train.json','configs/losses/ce+tversky.json']"
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ PAPER_KWARGS: dict[str, dict] = {
 }
 #: losses whose network needs other output channels than the classes (boundary_aware: C·K distance bins)
 NEEDS_OWN_HEAD = {"boundary_aware"}
-#: compound losses that already hold a CE-like term: used alone
-ALONE = {"ce", "dice_ce", "combo", "exp_log", "unified_focal"}
+#: losses that already hold a cross-entropy term: no ``ce+`` overlay
+HOLDS_CE = {"ce", "dice_ce", "combo", "exp_log", "unified_focal"}
+#: the weight of CE and of the loss in a ``ce+<name>`` overlay
+WITH_CE_WEIGHT = 0.5
 #: the DistanceMapd mode that makes each aux map (others compute on the fly or need no map)
 MAP_MODES = {
     "boundary": "signed",
@@ -46,16 +54,20 @@ MAP_MODES = {
 }
 
 
-def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str]) -> dict:
+def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str], with_ce: bool) -> dict:
+    """The overlay of ``name`` alone, or (``with_ce``) of 0.5·CE + 0.5·``name``; ``loss_name`` is its file stem."""
     kwargs: dict = {"softmax": True} if "softmax" in accepts else {}  # others apply their own activation
     kwargs.update(PAPER_KWARGS.get(name, {}))
     if "ignore_index" in accepts:
         kwargs["ignore_index"] = "@ignore_index"
-    weights = {name: 1.0} if name in ALONE else {"ce": 0.5, name: 0.5}
     loss_kwargs = {name: kwargs}
-    if name not in ALONE:
+    if with_ce:
+        weights = {"ce": WITH_CE_WEIGHT, name: 1.0 - WITH_CE_WEIGHT}
         loss_kwargs["ce"] = {"ignore_index": "@ignore_index"}
-    config: dict = {"loss_name": name, "loss_weights": weights, "loss_kwargs": loss_kwargs}
+    else:
+        weights = {name: 1.0}
+    loss_name = f"ce+{name}" if with_ce else name
+    config: dict = {"loss_name": loss_name, "loss_weights": weights, "loss_kwargs": loss_kwargs}
     if name in MAP_MODES:
         key = aux_keys[0] if aux_keys else "dist"
         config["aux_transforms"] = [
@@ -72,6 +84,7 @@ def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str]) -> dict:
 
 
 def render_all() -> dict[str, str]:
+    """File stem → JSON text of every overlay: ``<name>`` for each loss, ``ce+<name>`` for those without CE."""
     import inspect
 
     out = {}
@@ -79,7 +92,9 @@ def render_all() -> dict[str, str]:
         accepts = set(inspect.signature(info.cls.__init__).parameters)
         if "features" in info.aux_keys or "checkpoint" in accepts or info.name in NEEDS_OWN_HEAD:
             continue  # need a network hook, a trained checkpoint or extra output channels: configured by hand
-        out[info.name] = json.dumps(overlay(info.name, info.aux_keys, accepts), indent=4) + "\n"
+        for with_ce in (False, True) if info.name not in HOLDS_CE else (False,):
+            config = overlay(info.name, info.aux_keys, accepts, with_ce)
+            out[config["loss_name"]] = json.dumps(config, indent=4) + "\n"
     return out
 
 

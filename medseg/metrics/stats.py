@@ -7,23 +7,56 @@ bootstrap confidence interval of their mean (Efron & Tibshirani, "An Introductio
 cases are resampled with replacement, with a seeded ``numpy`` generator, so a run is reproducible.
 An ``overall`` row compares the per-case means over structures. p-values are not adjusted for the number of
 structures compared.
+
+Small samples are reported, not hidden: every row carries its ``n``; a CI of fewer than 2 values is empty (NaN,
+never a zero-width interval), and below :data:`MIN_PAIRS` pairs the row's ``caveat`` says why the test and the CI
+cannot be trusted (the exact two-sided Wilcoxon p cannot fall below 2/2^n). :func:`mean_std_n` summarises repeated
+runs (seeds) the same way: a standard deviation of one run is empty, never 0.0.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_mean_ci", "paired_comparison", "wilcoxon_signed_rank"]
+__all__ = [
+    "MIN_PAIRS",
+    "bootstrap_mean_ci",
+    "mean_std_n",
+    "paired_comparison",
+    "small_sample_caveat",
+    "to_markdown",
+    "wilcoxon_signed_rank",
+]
+
+#: Fewer pairs than this: the paired test and the bootstrap CI carry a caveat (at n = 4 the smallest attainable
+#: two-sided Wilcoxon p is 2/2^4 = 0.125, and the bootstrap draws from only C(2n − 1, n) = 35 distinct resamples).
+MIN_PAIRS = 5
+#: How a missing value (NaN: a std of one run, a CI of one pair) is shown in markdown tables.
+MISSING = "–"
+
+
+def small_sample_caveat(n: int) -> str:
+    """``""`` for ``n >= MIN_PAIRS`` pairs, else why the paired test and the bootstrap CI of ``n`` pairs mislead."""
+    if n >= MIN_PAIRS:
+        return ""
+    if n < 2:
+        return f"n = {n}: no test or CI possible"
+    return (
+        f"n = {n} < {MIN_PAIRS}: Wilcoxon p cannot go below {2 / 2**n:.3g}; bootstrap CI from only "
+        f"{math.comb(2 * n - 1, n)} distinct resamples"
+    )
 
 
 def bootstrap_mean_ci(
     differences: np.ndarray, n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``differences`` (NaN, NaN for an empty sample).
+    """Percentile bootstrap interval of the mean of ``differences`` (NaN, NaN for fewer than 2 values: one value
+    has no spread to resample, and a zero-width interval would claim certainty).
 
     Resample ``i`` draws ``len(differences)`` indices with ``numpy.random.default_rng(seed).integers``, in
     batches of at most 1000 resamples (same draws as one call, bounded memory).
@@ -33,7 +66,7 @@ def bootstrap_mean_ci(
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     values = np.asarray(differences, dtype=np.float64)
-    if values.size == 0:
+    if values.size < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples)
@@ -70,8 +103,9 @@ def paired_comparison(
 
     Returns:
         One row per structure (then ``overall``) and metric: ``n`` pairs, ``mean_method``, ``mean_baseline``,
-        ``mean_difference`` (method − baseline), ``ci_low``/``ci_high`` (bootstrap), ``wilcoxon_statistic``,
-        ``p_value``.
+        ``mean_difference`` (method − baseline), ``ci_low``/``ci_high`` (bootstrap; NaN below 2 pairs),
+        ``wilcoxon_statistic``, ``p_value``, ``caveat`` (:func:`small_sample_caveat`: empty from
+        :data:`MIN_PAIRS` pairs on).
     """
     for name, table in (("method", method), ("baseline", baseline)):
         missing = sorted({"case", "structure", *metrics} - set(table.columns))
@@ -102,6 +136,26 @@ def paired_comparison(
                     "ci_high": high,
                     "wilcoxon_statistic": statistic,
                     "p_value": p_value,
+                    "caveat": small_sample_caveat(len(pair)),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def mean_std_n(values: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Per group of ``by``: ``n`` rows, and each column's mean and sample standard deviation (``<column> std``,
+    ddof = 1; NaN for a group of one row, never 0.0). Columns in the order ``n, c1, c1 std, c2, c2 std, ...``."""
+    grouped = values.groupby(list(by), sort=False)[list(columns)]
+    means, spreads = grouped.mean(), grouped.std(ddof=1)
+    table = pd.DataFrame({"n": grouped.size()})
+    for column in columns:
+        table[column] = means[column]
+        table[f"{column} std"] = spreads[column]
+    return table
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".2f", index: bool = True) -> str:
+    """``table`` as a markdown table with missing values (NaN) shown as ``–`` instead of ``nan``."""
+    shown = table.reset_index() if index else table
+    shown = shown.astype(object).where(shown.notna(), None)
+    return shown.to_markdown(index=False, floatfmt=floatfmt, missingval=MISSING)

@@ -1,10 +1,14 @@
 """Paired statistics: Wilcoxon signed-rank by hand, bootstrap by a plain loop, the per-structure comparison table."""
 
+import statistics
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from medseg.metrics import bootstrap_mean_ci, paired_comparison, wilcoxon_signed_rank
+from medseg.metrics.stats import MIN_PAIRS, mean_std_n, to_markdown
 
 
 def test_wilcoxon_hand_worked():
@@ -32,6 +36,10 @@ def test_bootstrap_matches_a_plain_loop():
 
 def test_bootstrap_of_a_constant_difference_is_that_constant():
     assert bootstrap_mean_ci(np.full(6, 0.25), n_resamples=100) == pytest.approx((0.25, 0.25))
+
+
+def test_bootstrap_of_one_value_is_empty_not_a_zero_width_interval():
+    assert all(np.isnan(bootstrap_mean_ci(np.array([0.3]))))
 
 
 def test_bootstrap_bad_arguments_raise():
@@ -74,3 +82,38 @@ def test_paired_comparison_bad_tables_raise():
     other = table.assign(case="elsewhere")
     with pytest.raises(ValueError, match="share no"):
         paired_comparison(table, other, ["dice"])
+
+
+def test_fewer_than_five_pairs_carry_a_caveat_with_the_smallest_attainable_p():
+    base = per_case_table({"liver": [0.5] * 5})
+    better = per_case_table({"liver": [0.6, 0.7, 0.8, 0.9, 1.0]})
+    four = paired_comparison(better[better.case != "c4"], base, ["dice"], n_resamples=100)
+    five = paired_comparison(better, base, ["dice"], n_resamples=100)
+    assert MIN_PAIRS == 5 and (four.n == 4).all() and (five.n == 5).all()
+    assert (five.caveat == "").all()
+    # 4 positive differences: scipy's exact two-sided p is the smallest any 4 pairs can give
+    smallest = scipy_stats.wilcoxon([0.1, 0.2, 0.3, 0.4]).pvalue
+    assert four.p_value.iloc[0] == pytest.approx(smallest) == pytest.approx(0.125)
+    assert all("n = 4 < 5" in text and f"{smallest:.3g}" in text for text in four.caveat)
+
+
+def test_one_pair_has_n_1_and_no_ci():
+    table = paired_comparison(per_case_table({"liver": [0.9]}), per_case_table({"liver": [0.8]}), ["dice"])
+    row = table.iloc[0]
+    assert row.n == 1 and np.isnan(row.ci_low) and np.isnan(row.ci_high) and row.caveat
+
+
+def test_mean_std_n_leaves_the_spread_of_one_run_empty():
+    runs = pd.DataFrame({"loss": ["a", "b", "b", "b"], "dice": [0.5, 0.2, 0.4, 0.9]})
+    table = mean_std_n(runs, ["loss"], ["dice"])
+    assert list(table.columns) == ["n", "dice", "dice std"]
+    assert table.loc["a", "n"] == 1 and table.loc["a", "dice"] == 0.5 and np.isnan(table.loc["a", "dice std"])
+    assert table.loc["b", "n"] == 3
+    assert table.loc["b", "dice std"] == pytest.approx(statistics.stdev([0.2, 0.4, 0.9]))  # sample std, ddof 1
+
+
+def test_markdown_shows_a_missing_value_as_a_dash_never_nan_or_zero():
+    table = pd.DataFrame({"n": [1], "dice": [0.5], "dice std": [np.nan]}, index=pd.Index(["a"], name="loss"))
+    header, _, row = ([cell.strip() for cell in line.split("|")[1:-1]] for line in to_markdown(table).splitlines())
+    assert header == ["loss", "n", "dice", "dice std"]
+    assert row == ["a", "1", "0.50", "–"]
