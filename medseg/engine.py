@@ -10,7 +10,6 @@ the engine's outputs, metrics and handlers stay standard. :class:`LossWeightSche
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,17 +20,21 @@ from monai.engines.utils import PrepareBatch
 from monai.utils import CommonKeys
 from torch import nn
 
+from .transforms._record import sidecar_key, with_map_record
+
 
 class BatchAuxLoss(nn.Module):
     """Calls ``loss(pred, label, **aux)`` with the aux tensors of the current batch.
 
     The aux tensors are set by :class:`PrepareBatchWithAux` before each iteration. A key the batch does not carry
     is not passed: losses that can compute their map on the fly do so (the slow path), the others raise a clear
-    error naming the missing map.
+    error naming the missing map. A ``CompoundLoss`` whose terms read one aux key in different ``DistanceMapd``
+    modes (their ``map_mode``) is refused here: one map cannot serve both.
     """
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
+        check_shared_maps(loss)
         self.loss = loss
         self.aux: dict[str, torch.Tensor] = {}
 
@@ -43,8 +46,32 @@ class BatchAuxLoss(nn.Module):
         return self.loss(input, target, **{k: v for k, v in self.aux.items() if k in self.aux_keys})
 
 
+def check_shared_maps(loss: nn.Module) -> None:
+    """Raise when terms of a ``CompoundLoss`` read one aux key in different map modes (their ``map_mode``)."""
+    terms = getattr(loss, "terms", None)
+    if not isinstance(terms, Mapping):
+        return
+    readers: dict[str, dict[str, list[str]]] = {}
+    for name, term in terms.items():
+        mode = getattr(term, "map_mode", None)
+        if mode is None:
+            continue
+        for key in getattr(term, "aux_keys", ()):
+            readers.setdefault(key, {}).setdefault(mode, []).append(name)
+    for key, modes in readers.items():
+        if len(modes) > 1:
+            listed = "; ".join(f"{', '.join(names)} read mode {mode!r}" for mode, names in modes.items())
+            raise ValueError(
+                f"CompoundLoss terms read the aux map {key!r} in different DistanceMapd modes ({listed}): one "
+                f"{key!r} map cannot serve them all, and CompoundLoss gives every term the same {key!r}"
+            )
+
+
 class PrepareBatchWithAux(PrepareBatch):
     """``prepare_batch`` for MONAI engines: returns ``(image, label)`` and hands the aux keys to the loss.
+
+    A map's record (mode, spacing) in its ``DistanceMapd`` sidecar key ``f"{key}_meta_dict"`` goes with it: the
+    loss gets a MetaTensor carrying it (see :func:`medseg.transforms.with_map_record`) and checks it.
 
     Args:
         loss: the trainer's loss function, a :class:`BatchAuxLoss`.
@@ -80,7 +107,11 @@ class PrepareBatchWithAux(PrepareBatch):
         def to_device(x: torch.Tensor) -> torch.Tensor:
             return x.to(device=device, non_blocking=non_blocking, **kwargs)
 
-        self.loss.aux = {k: to_device(batchdata[k]) for k in self.aux_keys if k in batchdata}
+        self.loss.aux = {
+            k: with_map_record(to_device(batchdata[k]), batchdata.get(sidecar_key(k)))
+            for k in self.aux_keys
+            if k in batchdata
+        }
         return to_device(batchdata[self.image_key]), to_device(batchdata[self.label_key])
 
 
@@ -129,19 +160,21 @@ def trainable_parameters(network: nn.Module, loss: nn.Module) -> list[nn.Paramet
 
 def last_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """The newest ``*_epoch=N.pt`` file that MONAI's ``CheckpointSaver(save_interval=...)`` wrote, or None."""
-    found = []
-    for path in Path(ckpt_dir).glob("*epoch=*.pt"):
-        match = re.search(r"epoch=(\d+)\.pt$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    from .checkpoint import epoch_checkpoints
+
+    found = epoch_checkpoints(ckpt_dir)
+    return found[0] if found else None
 
 
 class ResumeFromCheckpoint:
-    """Ignite handler: continue an interrupted run from the last epoch checkpoint in ``ckpt_dir`` (if any).
+    """Ignite handler: continue an interrupted run from the newest readable epoch checkpoint in ``ckpt_dir``.
 
     Wraps MONAI's ``CheckpointLoader`` (network, optimizer and trainer state, so the epoch count and the optimizer's
-    moments carry on). Does nothing when ``enabled`` is false or no checkpoint is there yet.
+    moments carry on; with a :class:`medseg.checkpoint.RandomStates` in ``load_dict``, the random state too).
+    A checkpoint that cannot be read or lacks a key of ``load_dict`` (a half-written file) is skipped with a
+    warning, and the one before it is used; the log names the file resumed from. Does nothing when ``enabled`` is
+    false or no checkpoint is there yet. Which run's checkpoints these are is checked before, by
+    :class:`medseg.runs.RunFolder`.
     """
 
     def __init__(
@@ -160,12 +193,15 @@ class ResumeFromCheckpoint:
     def attach(self, engine) -> None:
         from monai.handlers import CheckpointLoader
 
-        path = last_checkpoint(self.ckpt_dir) if self.enabled else None
-        if path is None:
+        from .checkpoint import newest_readable_checkpoint
+
+        found = newest_readable_checkpoint(self.ckpt_dir, self.load_dict, "cpu") if self.enabled else None
+        if found is None:
             return
-        self.loaded_from = path
-        logging.getLogger(__name__).info("resuming from %s", path)
-        CheckpointLoader(str(path), self.load_dict, map_location=self.map_location).attach(engine)
+        self.loaded_from = found[0]
+        del found  # the loader reads it again at Events.STARTED; no need to hold a second copy until then
+        logging.getLogger(__name__).info("resuming from %s", self.loaded_from)
+        CheckpointLoader(str(self.loaded_from), self.load_dict, map_location=self.map_location).attach(engine)
 
 
 def progress_bar():

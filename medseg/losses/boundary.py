@@ -8,6 +8,11 @@ in millimetres, in the data pipeline, ``CacheDataset`` keeps them, and a loss re
 CPU unless cuCIM is installed, in voxel units unless ``spacing`` is given); ``compute_missing_map=False`` turns a
 missing map into a ``ValueError`` instead, so that a pipeline lacking ``DistanceMapd`` cannot slow training down
 unnoticed.
+
+A map that carries its record (a MetaTensor from ``DistanceMap``, or a batch map to which
+:class:`medseg.engine.PrepareBatchWithAux` attached its ``DistanceMapd`` sidecar) must be of the mode the loss reads,
+and of the loss's ``spacing`` when the loss was given one: otherwise ``ValueError``. A plain tensor is taken as it is
+(its mode is the caller's responsibility; the value-range check below still applies).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from ..transforms import BACKENDS, distance_maps
+from ..transforms._record import read_map_record
+from ._aux import checked_map
 from ._prepare import Prepared, SegmentationLoss, prepare, reduce
 from .pixel import prepare_exclusive, reduce_over_voxels, voxel_nll
 from .region import _PerClassRegionLoss
@@ -79,7 +86,8 @@ def label_boundary(labels: torch.Tensor, edge_is_outside: bool) -> torch.Tensor:
 class _MapLoss(SegmentationLoss):
     """A loss that reads a distance or weight map from the batch, or computes it from the target.
 
-    Subclasses set :attr:`map_mode` (the ``DistanceMapd`` mode they read) and call :meth:`read_map`.
+    Subclasses set :attr:`map_mode` (the ``DistanceMapd`` mode they read) and call :meth:`read_map`, which checks
+    the map's record (mode, and spacing when the loss was given one) where the map carries one.
     """
 
     map_mode: ClassVar[str] = "signed"
@@ -135,6 +143,7 @@ class _MapLoss(SegmentationLoss):
             return self.compute_map(prep, **map_options)
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{key} must be a torch tensor, got {type(value).__name__}")
+        value, _ = checked_map(value, name, key, mode, self.spacing)
         if (
             value.ndim != logits.ndim
             or value.shape[0] != logits.shape[0]
@@ -310,8 +319,10 @@ class HausdorffDTLoss(_MapLoss):
     num_classes=C)`` ``(B, C, *spatial)``; without it, computed each call (slow path). :math:`d_p` is recomputed every
     call from the current prediction, for all items and classes in one batched call of
     :func:`~medseg.transforms.distance_maps` (``edt`` on the CPU: one multi-label pass per item and class gives both
-    sides of the boundary; cuCIM for CUDA tensors when installed). ``spacing`` (mm per axis, default voxel units)
-    applies to :math:`d_p` and to the slow path's :math:`d_g`; a cached map carries its own.
+    sides of the boundary; cuCIM for CUDA tensors when installed). ``spacing`` (mm per axis) applies to :math:`d_p`
+    and to the slow path's :math:`d_g`; a cached map carries its own, and with ``spacing=None`` :math:`d_p` takes the
+    spacing the map records (per item), so that both distances are in the same units (voxel units when neither
+    says; a map recording another spacing than a given ``spacing`` raises).
 
     Empty and full classes (no boundary): distance 0 everywhere, MONAI's rule, so such a class contributes nothing
     unless the thresholded prediction draws a boundary (then :math:`d_p` weighs its errors).
@@ -370,16 +381,23 @@ class HausdorffDTLoss(_MapLoss):
         self.alpha = float(alpha)
         self.batch = batch
 
-    def prediction_distance(self, prep: Prepared) -> torch.Tensor:
-        """:math:`d_p`: two-sided distances of the prediction thresholded at 0.5, ``(B, C', *spatial)``, no gradient."""
+    def prediction_distance(self, prep: Prepared, spacing: Spacing | torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`d_p`: two-sided distances of the prediction thresholded at 0.5, ``(B, C', *spatial)``, no gradient.
+
+        ``spacing``: as :func:`~medseg.transforms.distance_maps` (one row per item allowed); default the loss's."""
         predicted = (prep.probs.detach() > 0.5).to(prep.logits.dtype)
-        maps = distance_maps(predicted, "unsigned", spacing=self.spacing, mask=prep.mask, backend=self.backend)
+        spacing = self.spacing if spacing is None else spacing
+        maps = distance_maps(predicted, "unsigned", spacing=spacing, mask=prep.mask, backend=self.backend)
         return maps.to(prep.logits.dtype)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
         prep = self.prepare(input, target)
         target_distance = self.read_map(dist, prep, input.shape[1])
-        distance = self.prediction_distance(prep) ** self.alpha + target_distance**self.alpha
+        record = None if self.spacing is not None or dist is None else read_map_record(dist)
+        recorded = None if record is None else record.spacings
+        if recorded is not None and recorded.shape[0] == 1:
+            recorded = recorded[0]
+        distance = self.prediction_distance(prep, recorded) ** self.alpha + target_distance**self.alpha
         error = prep.masked((prep.probs - prep.target) ** 2)
         voxels = prep.voxel_count().clamp_min(1)
         total = (error * distance).sum(prep.spatial_dims)

@@ -22,6 +22,7 @@ from torch import nn
 from ..networks.inverseform import boundary_map, load_inverse_transform_net
 from ..transforms._maps import spacing_tuple
 from ..transforms.distance import distance_maps
+from ._aux import checked_map
 from ._prepare import SegmentationLoss, prepare, reduce
 from .registry import register
 
@@ -127,7 +128,9 @@ class BoundaryAwareLoss(SegmentationLoss):
     :math:`\lceil \min(d_{in}, R) K / R \rceil` of the distance to the nearest voxel outside it, 0 outside:
     aux ``dist`` from :class:`~medseg.transforms.DistanceMapd` (``mode="quantized"``, same ``bins`` and
     ``truncation``; all C classes), or computed on the fly from the target when ``dist`` is not given (slower:
-    a distance transform per class and item each call, in voxel units unless ``spacing`` is given).
+    a distance transform per class and item each call, in voxel units unless ``spacing`` is given). A map whose
+    record (:class:`~medseg.transforms.DistanceMap`) names another mode, other ``bins`` or ``truncation``, or
+    another spacing than a given ``spacing`` raises ``ValueError``.
 
     Defaults K = 5, R = 5 (mm): the transform's defaults, one bin per millimetre, Hayder's integer distances at
     1 mm spacing. Empty class: all its bins are 0 (plain BCE pushing its K maps down); a class filling the
@@ -138,6 +141,7 @@ class BoundaryAwareLoss(SegmentationLoss):
     """
 
     aux_keys: tuple[str, ...] = ("dist",)
+    map_mode = "quantized"
 
     def __init__(
         self,
@@ -159,6 +163,9 @@ class BoundaryAwareLoss(SegmentationLoss):
 
     def _checked_bins(self, dist: torch.Tensor, batch: int, num_classes: int, spatial: torch.Size) -> torch.Tensor:
         expected = (batch, num_classes, *spatial)
+        if isinstance(dist, torch.Tensor):
+            params = {"bins": self.num_bins, "truncation": self.truncation}
+            dist, _ = checked_map(dist, type(self).__name__, "dist", self.map_mode, self.spacing, params)
         if not isinstance(dist, torch.Tensor) or tuple(dist.shape) != expected:
             shape = tuple(dist.shape) if isinstance(dist, torch.Tensor) else type(dist).__name__
             raise ValueError(f"dist must be the quantized bin map of shape {expected} (all classes), got {shape}")
@@ -358,13 +365,16 @@ class ConditionalBoundaryLoss(SegmentationLoss):
     from the authors' code, following the paper: every boundary anchor is pulled to its centre (the code
     pulls only correctly classified ones) and A2P&N samples only correctly classified neighbours (the code
     takes all); anchors of class 0 count unless ``include_background=False`` (the code drops class 0).
-    Takes logits (softmax classes, at least two channels).
+    Takes logits (softmax classes, at least two channels). NaN or inf in the logits or the features raise
+    ``ValueError`` (checked before every call: they can lie outside every anchor's window), as does a call without
+    ``features``.
 
     Reference: Wu et al., "Conditional Boundary Loss for Semantic Segmentation", IEEE Transactions on Image
     Processing 32, 2023.
     """
 
     aux_keys: tuple[str, ...] = ("features",)
+    nan_propagates = False  # NaN/inf logits away from every anchor's window leave the loss finite
 
     def __init__(
         self,
@@ -422,7 +432,14 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         near_other = pool(others, 2 * width + 1, 1, width) > 0
         return (onehot & near_other).any(1)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if features is None:
+            raise ValueError(
+                "ConditionalBoundaryLoss needs the decoder features: call loss(logits, labels, features=...) with "
+                "the features the network's classifier reads, captured by medseg.networks.features.FeatureHook "
+                "(with FeatureHook(net) as hook: loss(net(x), y, **hook.aux())); in a SupervisedTrainer wrap the "
+                "loss in HookedFeaturesLoss(loss, FeatureHook(net).attach())"
+            )
         if isinstance(input, torch.Tensor) and input.ndim > 1 and input.shape[1] < 2:
             raise ValueError(
                 f"conditional_boundary needs at least two class channels (softmax), got shape {tuple(input.shape)}"

@@ -13,12 +13,13 @@ from typing import ClassVar
 
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from ._backends import get_backend
 from ._maps import MODES, MapSettings, Spacing, check_binary, item_maps, masks_from_label, spacing_tuple
+from ._record import MAP_META_KEY, map_record, sidecar_key
 
 __all__ = ["MODES", "DistanceMap", "DistanceMapD", "DistanceMapDict", "DistanceMapd", "distance_maps"]
 
@@ -28,8 +29,11 @@ class DistanceMap(Transform):
 
     Input: a label map ``(1, *spatial)`` with ``num_classes`` classes (``num_classes=1``: a binary mask whose value 1
     is the class), or a one-hot / multi-label ``(C, *spatial)`` label; 2D or 3D. Output: ``(C, *spatial)``
-    (``(1, *spatial)`` for ``unet_weight``) of ``dtype``, the input's type; a MetaTensor input passes its meta data
-    (affine, applied operations) to the output, so MONAI's spatial transforms treat it like the label.
+    (``(1, *spatial)`` for ``unet_weight``) of ``dtype``; a MetaTensor input passes its meta data (affine, applied
+    operations) to the output, so MONAI's spatial transforms treat it like the label. A torch tensor gives a
+    MetaTensor (while MONAI's ``get_track_meta()`` is on) whose ``meta["distance_map"]`` records the mode, the
+    spacing used and the mode's parameters, which the losses check; a numpy array gives a numpy array (no record:
+    :class:`DistanceMapd` keeps one in its sidecar key).
 
     Notation, per class c with mask g and known voxels (not ``ignore_index``): :math:`d_{in}(x)` is the distance from
     a voxel of g to the nearest known voxel outside g (one voxel step on the inner boundary layer), :math:`d_{out}(x)`
@@ -108,22 +112,37 @@ class DistanceMap(Transform):
         values = convert_to_tensor(label, track_meta=False)
         backend = get_backend(self.settings.backend, values.device)
         masks, known = masks_from_label(backend.xp, backend.asarray(values), self.num_classes, self.ignore_index)
-        spatial_ndim = values.ndim - 1
-        if self.spacing is not None:
-            spacing = spacing_tuple(self.spacing, spatial_ndim)
-        elif isinstance(label, MetaTensor):
-            spacing = spacing_tuple(label.pixdim, spatial_ndim)
-        else:
-            spacing = (1.0,) * spatial_ndim
+        spacing = self.spacing_of(label)
         maps = backend.to_tensor(item_maps(masks, known, spacing, self.settings, backend), values.device)
-        return convert_to_dst_type(maps, label, dtype=self.settings.dtype)[0]
+        out = convert_to_dst_type(maps, label, dtype=self.settings.dtype)[0]
+        if isinstance(label, torch.Tensor) and not isinstance(out, MetaTensor) and get_track_meta():
+            out = MetaTensor(out)
+        if isinstance(out, MetaTensor):
+            out.meta = {**out.meta, MAP_META_KEY: self.record(label)}
+        return out
+
+    def spacing_of(self, label: NdarrayOrTensor) -> tuple[float, ...]:
+        """The spacing the map of ``label`` is computed with: ``spacing``, else the MetaTensor's pixdim, else 1."""
+        spatial_ndim = len(label.shape) - 1
+        if self.spacing is not None:
+            return spacing_tuple(self.spacing, spatial_ndim)
+        if isinstance(label, MetaTensor):
+            return spacing_tuple(label.pixdim, spatial_ndim)
+        return (1.0,) * spatial_ndim
+
+    def record(self, label: NdarrayOrTensor) -> dict:
+        """What the map of ``label`` records: mode, spacing (mm per axis) and the mode's parameters."""
+        return map_record(self.settings, self.spacing_of(label))
 
 
 class DistanceMapd(MapTransform):
     """Dictionary version of :class:`DistanceMap`: writes the map of ``keys`` to ``output_key``, label untouched.
 
     Deterministic (not randomizable), so ``CacheDataset`` caches it. Put it before the random spatial transforms and
-    list ``output_key`` in their keys (crops and flips then move map, image and label together, exactly). After
+    list ``output_key`` in their keys (crops and flips then move map, image and label together, exactly). The map's
+    record (mode, spacing, parameters; see :class:`DistanceMap`) also goes to the sidecar key
+    ``f"{output_key}_meta_dict"``, which outlives ``EnsureTyped(track_meta=False)``; leave it out of the spatial
+    transforms' keys. :class:`medseg.engine.PrepareBatchWithAux` hands it to the loss with the map. After
     interpolating transforms (rotation, zoom, affine, spacing changes), see ``docs/transforms.md``; a second
     ``DistanceMapd`` with the same ``output_key`` after them recomputes (and overwrites) the map.
 
@@ -161,6 +180,8 @@ class DistanceMapd(MapTransform):
         d = dict(data)
         for key, output_key in self.key_iterator(d, self.output_keys):
             d[output_key] = self.distance_map(d[key])
+            side = sidecar_key(output_key)
+            d[side] = {**d.get(side, {}), MAP_META_KEY: self.distance_map.record(d[key])}
         return d
 
 
