@@ -20,7 +20,7 @@ from .cityscapes import (
     save_labelids_png,
     trainids_to_labelids,
 )
-from .loading import LoadArrayd, MapLabelsd, ReadImaged, check_files_exist
+from .loading import CheckAlignedd, LoadArrayd, MapLabelsd, ReadImaged, check_files_exist, training_part
 from .synapse import (
     BTCV_LABELS,
     DEFAULT_BTCV_TO_SYNAPSE,
@@ -44,6 +44,7 @@ __all__ = [
     "SYNAPSE_TRAIN_CASES",
     "TRAIN_CLASS_NAMES",
     "TRAIN_ID_TO_LABEL_ID",
+    "CheckAlignedd",
     "CityscapesTrainIdsd",
     "LoadArrayd",
     "MapLabelsd",
@@ -67,4 +68,5 @@ __all__ = [
     "synapse_slice_transforms",
     "synapse_volume_transforms",
     "trainids_to_labelids",
+    "training_part",
 ]

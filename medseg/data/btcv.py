@@ -11,7 +11,11 @@ When ``dataset_0.json`` is present its labelled entries are the cases; otherwise
 Cases are split by the Synapse protocol (:data:`~medseg.data.synapse.SYNAPSE_TRAIN_CASES` /
 ``SYNAPSE_TEST_CASES``) when all 30 are there. A folder that lacks some of them (a subset, another
 numbering) falls back to a seeded random split with the protocol's ratio (12/30 = 0.4 of the cases for
-testing, at least one, seed 1234: TransUNet's seed), and says so in the log.
+testing, at least one, seed 1234: TransUNet's seed), and says so in the log. The validation split (model
+selection) is carved from the training cases only (:func:`~medseg.data.splits.train_val_split`: 0.2 of them,
+seed 1234), so a test case never takes part in training or model selection. The ``training`` / ``validation``
+sections of ``dataset_0.json`` only list cases: MONAI's BTCV tutorial puts Synapse test cases (0035, 0036,
+0038) in its ``validation`` list and others (0001 ... 0004, ...) in ``training``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from monai.transforms import (
 )
 
 from .augment import NnUNetAugmentd
-from .loading import MapLabelsd, ReadImaged, check_files_exist, output_keys
+from .loading import CheckAlignedd, MapLabelsd, ReadImaged, check_files_exist, output_keys, training_part
+from .splits import SPLIT_SEED, VAL_FRACTION
 from .synapse import BTCV_LABELS, DEFAULT_BTCV_TO_SYNAPSE, SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, case_name
 
 __all__ = ["btcv_cases", "btcv_datalist", "btcv_transforms", "split_cases"]
@@ -169,21 +174,28 @@ def btcv_datalist(
     datalist_json: str | None = "dataset_0.json",
     test_fraction: float = FALLBACK_TEST_FRACTION,
     seed: int = FALLBACK_SEED,
+    val_fraction: float = VAL_FRACTION,
+    val_seed: int = SPLIT_SEED,
 ) -> list[dict[str, Any]]:
     """MONAI-style datalist ``[{"image", "label", "name"}]`` of raw BTCV under the Synapse protocol.
 
     Args:
         root: the folder holding ``RawData/`` (and ``dataset_0.json`` if any).
-        split: ``"train"``, ``"test"`` or ``"all"``.
+        split: ``"train"`` (the training cases minus the validation ones), ``"val"`` (the validation cases,
+            carved from the training cases), ``"test"`` or ``"all"``.
         datalist_json: the datalist file name under ``root``, read when present; ``None`` to always scan.
         test_fraction, seed: the fallback split used when the Synapse cases are not all there.
+        val_fraction, val_seed: the validation split (``val_fraction=0``: none, ``"train"`` is every training case).
     """
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
     cases = btcv_cases(root, datalist_json)
     train, test = split_cases(list(cases), test_fraction, seed)
-    chosen = {"train": train, "test": test, "all": sorted(cases)}
-    if split not in chosen:
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    return [{**cases[c], "name": case_name(c)} for c in chosen[split]]
+    if split in ("train", "val"):
+        chosen = training_part(train, split, val_fraction, val_seed)
+    else:
+        chosen = test if split == "test" else sorted(cases)
+    return [{**cases[c], "name": case_name(c)} for c in chosen]
 
 
 def btcv_transforms(
@@ -199,8 +211,10 @@ def btcv_transforms(
 ) -> Compose:
     """MONAI transforms for 3D BTCV volumes, after MONAI's BTCV recipe (the defaults come from it).
 
-    Read (``NibabelReader`` or ``ITKReader``), map labels (``mapping``: BTCV → Synapse by default, ``None``
-    keeps the 13 organs; any value outside 0..13 raises naming the file), orient to RAS, resample to
+    Read (``NibabelReader`` or ``ITKReader``), check that image and label share one voxel grid (shape and affine,
+    :class:`~medseg.data.loading.CheckAlignedd`: a mismatch raises naming both files), map labels (``mapping``:
+    BTCV → Synapse by default, ``None`` keeps the 13 organs; any value outside 0..13 raises naming the file),
+    orient to RAS, resample to
     ``pixdim`` mm (bilinear image, nearest label), window HU to ``hu_window`` → [0, 1], crop to the body.
     Training then pads to and samples ``num_samples`` patches of ``roi_size`` (half centred on foreground)
     and augments: ``"monai"`` (the recipe's flips, rot90 and intensity shift), ``"nnunet"``
@@ -214,6 +228,7 @@ def btcv_transforms(
     label_map = dict(mapping) if mapping is not None else {v: v for v in BTCV_LABELS}
     chain: list[Any] = [
         ReadImaged(keys, reader=reader, ensure_channel_first=True),
+        CheckAlignedd("label", reference_key="image"),
         MapLabelsd("label", label_map, range(len(BTCV_LABELS) + 1)),
         Orientationd(keys, axcodes="RAS", labels=None),
         Spacingd(keys, pixdim=tuple(pixdim), mode=("bilinear", "nearest")),

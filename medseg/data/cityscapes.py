@@ -8,6 +8,9 @@ Layout under ``root``::
 
 The label table reproduces ``cityscapesscripts/helpers/labels.py`` (Cordts et al., "The Cityscapes Dataset
 for Semantic Urban Scene Understanding", CVPR 2016); the tests compare it with the package when installed.
+
+The official ``val`` split is what papers report on (the test labels are not public), so it is the test set here:
+model selection uses ``train_holdout``, a seeded part of the official ``train`` images, and ``train`` is the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +35,16 @@ from monai.transforms import (
 )
 from PIL import Image
 
-from .loading import MapLabelsd, ReadImaged, check_files_exist, output_keys, source_file_name
+from .loading import (
+    CheckAlignedd,
+    MapLabelsd,
+    ReadImaged,
+    check_files_exist,
+    output_keys,
+    source_file_name,
+    training_part,
+)
+from .splits import SPLIT_SEED, VAL_FRACTION
 
 __all__ = [
     "CITYSCAPES_LABELS",
@@ -160,8 +172,18 @@ def save_labelids_png(train_ids: np.ndarray | torch.Tensor, path: str | Path) ->
     return path
 
 
-def cityscapes_datalist(root: str | Path, split: str = "train", prefer: str = "labelIds") -> list[dict[str, Any]]:
+def cityscapes_datalist(
+    root: str | Path,
+    split: str = "train",
+    prefer: str = "labelIds",
+    val_fraction: float = VAL_FRACTION,
+    seed: int = SPLIT_SEED,
+) -> list[dict[str, Any]]:
     """MONAI-style datalist ``[{"image", "label", "name", "city"}]`` of one Cityscapes split.
+
+    ``"val"`` and ``"test"`` are the official folders. The official ``train`` images are split in two, by image,
+    seeded (:func:`~medseg.data.splits.train_val_split`): ``"train_holdout"`` (``val_fraction`` of them, for model
+    selection) and ``"train"`` (the rest; all of them with ``val_fraction=0``).
 
     Every ``leftImg8bit`` image needs its ``gtFine`` label: ``_gtFine_labelIds.png`` or, where only that
     exists, ``_gtFine_labelTrainIds.png`` (``prefer="labelTrainIds"`` takes those first). Test images
@@ -171,11 +193,20 @@ def cityscapes_datalist(root: str | Path, split: str = "train", prefer: str = "l
         FileNotFoundError: the image folder, or a train/val label, is missing (named in the message).
         ValueError: an unknown split or an image whose name is not a Cityscapes name.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if split not in ("train", "train_holdout", "val", "test"):
+        raise ValueError(f"split must be 'train', 'train_holdout', 'val' or 'test', got {split!r}")
     if prefer not in ("labelIds", "labelTrainIds"):
         raise ValueError(f"prefer must be 'labelIds' or 'labelTrainIds', got {prefer!r}")
-    root = Path(root)
+    if split in ("train", "train_holdout"):
+        images = _official_split(Path(root), "train", prefer)
+        part = "val" if split == "train_holdout" else "train"
+        chosen = set(training_part([item["name"] for item in images], part, val_fraction, seed))
+        return [item for item in images if item["name"] in chosen]
+    return _official_split(Path(root), split, prefer)
+
+
+def _official_split(root: Path, split: str, prefer: str) -> list[dict[str, Any]]:
+    """Every image of the official folder ``split`` with its label."""
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
         raise FileNotFoundError(f"Cityscapes image folder does not exist: {image_dir}")
@@ -229,6 +260,9 @@ def cityscapes_transforms(
 ) -> Compose:
     """MONAI transforms for Cityscapes: read PNGs as ``(C, H, W)``, labels → trainIds, image → [0, 1].
 
+    An image and label of different sizes raise naming both files (:class:`~medseg.data.loading.CheckAlignedd`),
+    before anything is resized.
+
     ``image_size`` ``(H, W)`` resizes whole frames to a working resolution (image bilinear with Gaussian
     anti-aliasing, label nearest), e.g. ``(512, 1024)`` for half of the 1024×2048 frames. ``aux_transforms``
     (e.g. ``DistanceMapd``) run next, before the first random step, so ``CacheDataset`` keeps their output.
@@ -241,6 +275,7 @@ def cityscapes_transforms(
     keys = ["image", "label"]
     chain: list[Any] = [
         ReadImaged(keys, reader=PILReader(reverse_indexing=False), ensure_channel_first=True, allow_missing_keys=True),
+        CheckAlignedd("label", reference_key="image", allow_missing_keys=True),
         CityscapesTrainIdsd("label", allow_missing_keys=True),
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0),
     ]

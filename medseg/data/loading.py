@@ -1,8 +1,8 @@
-"""File reading and label mapping shared by the dataset loaders: every error names the file it comes from.
+"""What the dataset loaders share: file reading, the image/label grid check, label mapping, the validation hold-out.
 
-MONAI's ``LoadImaged`` reports a truncated NIfTI as a bare ``EOFError`` and a missing file as "cannot find a
-suitable reader"; the transforms here check and re-raise so that the message always carries the path, and a
-broken case stops the pipeline instead of being skipped.
+Every error names the file it comes from. MONAI's ``LoadImaged`` reports a truncated NIfTI as a bare ``EOFError``
+and a missing file as "cannot find a suitable reader"; the transforms here check and re-raise so that the message
+always carries the path, and a broken case stops the pipeline instead of being skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,22 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["LoadArrayd", "MapLabelsd", "ReadImaged", "check_files_exist", "label_lookup_table", "source_file_name"]
+from .splits import SPLIT_SEED, VAL_FRACTION, train_val_split
+
+__all__ = [
+    "GRID_TOLERANCE",
+    "CheckAlignedd",
+    "LoadArrayd",
+    "MapLabelsd",
+    "ReadImaged",
+    "check_files_exist",
+    "label_lookup_table",
+    "source_file_name",
+    "training_part",
+]
+
+#: How far (as a fraction of the smallest voxel spacing) an image and its label may place the same voxel.
+GRID_TOLERANCE = 1e-3
 
 
 def check_files_exist(datalist: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> None:
@@ -27,6 +42,24 @@ def check_files_exist(datalist: Iterable[Mapping[str, Any]], keys: Sequence[str]
         for key in keys:
             if key in item and not Path(item[key]).is_file():
                 raise FileNotFoundError(f"{key} file listed for {item.get('name', '?')} does not exist: {item[key]}")
+
+
+def training_part(
+    case_ids: Sequence[Hashable], part: str, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> list:
+    """The ``"train"`` or ``"val"`` part of the training cases, by :func:`~medseg.data.splits.train_val_split`.
+
+    Callers pass the training cases only, so no test case can reach the validation (model selection) part.
+    ``val_fraction=0`` holds nothing out: ``"train"`` is every training case and ``"val"`` is an error.
+    """
+    if part not in ("train", "val"):
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    if val_fraction == 0:
+        if part == "val":
+            raise ValueError("there is no validation split with val_fraction=0: pass a fraction in (0, 1)")
+        return sorted(set(case_ids))
+    train, val = train_val_split(case_ids, val_fraction, seed)
+    return train if part == "train" else val
 
 
 def source_file_name(array: Any) -> str:
@@ -137,6 +170,84 @@ class LoadArrayd(MapTransform):
             array = self.read(path, self.array_names[key]).astype(np.float32, copy=False)
             d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta={"filename_or_obj": str(path)})
         return d
+
+
+def _describe(key: Hashable, array: Any) -> str:
+    return f"{key} file {source_file_name(array)}"
+
+
+def _largest_voxel_shift(a: np.ndarray, b: np.ndarray, spatial_shape: Sequence[int]) -> float:
+    """Largest distance between the points that affines ``a`` and ``b`` give one voxel index of the grid.
+
+    The affines are linear, so the largest shift is at a corner of the grid.
+    """
+    rank = a.shape[0] - 1
+    corners = np.array(np.meshgrid(*[[0, max(n - 1, 0)] for n in spatial_shape], indexing="ij")).reshape(
+        len(spatial_shape), -1
+    )
+    homogeneous = np.zeros((rank + 1, corners.shape[1]))
+    homogeneous[: len(spatial_shape)] = corners
+    homogeneous[rank] = 1.0
+    return float(np.linalg.norm(((a - b) @ homogeneous)[:rank], axis=0).max())
+
+
+class CheckAlignedd(MapTransform):
+    """Refuse an image/label pair that does not share one voxel grid, naming both files.
+
+    ``keys`` (the labels) must have the spatial shape of ``reference_key`` (the image) and, when both carry an
+    affine (MONAI ``MetaTensor``), place every voxel of that grid within ``tolerance`` × the image's smallest
+    voxel spacing of where the image places it (the largest shift is at a corner of the grid). The default
+    tolerance, :data:`GRID_TOLERANCE` = 0.001 of a voxel, is far above the rounding of float32 NIfTI headers and
+    far below any real misregistration. Arrays are channel first: ``(C, *spatial)``. Run it right after loading,
+    before any resampling, so that a label drawn on another grid is never resized or resampled silently.
+
+    Raises:
+        ValueError: the shapes or the affines differ; the message names both files and both values.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference_key: str = "image",
+        tolerance: float = GRID_TOLERANCE,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be non-negative, got {tolerance}")
+        self.reference_key = reference_key
+        self.tolerance = tolerance
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            reference = d[self.reference_key]
+            pair = f"{_describe(self.reference_key, reference)} and {_describe(key, d[key])}"
+            shapes = tuple(reference.shape[1:]), tuple(d[key].shape[1:])
+            if shapes[0] != shapes[1]:
+                raise ValueError(
+                    f"{pair} are not on one voxel grid: spatial shapes {shapes[0]} and {shapes[1]} differ. "
+                    "A label must be drawn on its image's grid; medseg does not resize or resample it silently: "
+                    "export the label again from the image, or resample it onto the image (nearest neighbour)"
+                )
+            if isinstance(reference, MetaTensor) and isinstance(d[key], MetaTensor):
+                self._check_affines(pair, reference.affine, d[key].affine, shapes[0])
+        return d
+
+    def _check_affines(self, pair: str, reference: torch.Tensor, other: torch.Tensor, shape: tuple) -> None:
+        a, b = (np.asarray(x.detach().cpu(), dtype=np.float64) for x in (reference, other))
+        if a.shape != b.shape:
+            raise ValueError(f"{pair} are not on one voxel grid: affines of shapes {a.shape} and {b.shape}")
+        spacing = np.linalg.norm(a[:-1, :-1], axis=0)[: len(shape)]
+        allowed = self.tolerance * float(spacing.min())
+        shift = _largest_voxel_shift(a, b, shape)
+        if shift > allowed:
+            raise ValueError(
+                f"{pair} are not on one voxel grid: their affines place a voxel {shift:.4g} mm apart (allowed: "
+                f"{allowed:.3g} mm, {self.tolerance} of the smallest voxel spacing). Image affine "
+                f"{np.round(a, 4).tolist()}, label affine {np.round(b, 4).tolist()}. Fix the label's header if "
+                "only it is wrong, or resample the label onto the image (nearest neighbour)"
+            )
 
 
 def label_lookup_table(mapping: Mapping[int, int], source_values: Iterable[int], fill_value: int) -> np.ndarray:

@@ -9,7 +9,9 @@ Layout under ``root`` (TransUNet's ``--root_path`` parent)::
     lists/lists_Synapse/test_vol.txt     one case name per line ("case0008")
 
 The 8 organs and their label values come from the BTCV → Synapse mapping (:data:`DEFAULT_BTCV_TO_SYNAPSE`,
-the widely copied preprocessing); pass another mapping where a dataset was built differently.
+the widely copied preprocessing); pass another mapping where a dataset was built differently. A validation split
+(model selection) is carved from the training cases of ``train.txt``, whole cases at a time; the test volumes
+never take part in it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from monai.transforms import (
     Resized,
 )
 
-from .loading import LoadArrayd, MapLabelsd, check_files_exist, output_keys
+from .loading import CheckAlignedd, LoadArrayd, MapLabelsd, check_files_exist, output_keys, training_part
+from .splits import SPLIT_SEED, VAL_FRACTION
 
 __all__ = [
     "BTCV_LABELS",
@@ -109,18 +112,26 @@ def _read_list(path: Path, pattern: re.Pattern) -> list[str]:
 
 
 def synapse_datalist(
-    root: str | Path, split: str = "train", list_dir: str | Path | None = None
+    root: str | Path,
+    split: str = "train",
+    list_dir: str | Path | None = None,
+    val_fraction: float = VAL_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> list[dict[str, Any]]:
     """MONAI-style datalist of the TransUNet Synapse files named by a split list.
 
-    ``split="train"`` reads ``train.txt`` and gives one item per 2D slice; ``split="test"`` reads
-    ``test_vol.txt`` and gives one item per 3D volume. Each item is ``{"image": f, "label": f, "name": n,
-    "case": c}`` with the same file ``f`` for image and label (load with :class:`LoadArrayd`).
+    ``split="train"`` and ``"val"`` read ``train.txt`` and give one item per 2D slice: ``"val"`` the slices of
+    the validation cases (``val_fraction`` of the training cases, whole cases, seeded:
+    :func:`~medseg.data.splits.train_val_split`), ``"train"`` the slices of the others (every training case with
+    ``val_fraction=0``, as the TransUNet protocol trains). ``split="test"`` reads ``test_vol.txt`` and gives one
+    item per 3D volume. Each item is ``{"image": f, "label": f, "name": n, "case": c}`` with the same file ``f``
+    for image and label (load with :class:`LoadArrayd`).
 
     Args:
         root: the folder holding ``train_npz/`` and ``test_vol_h5/``.
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
         list_dir: the folder of ``train.txt`` / ``test_vol.txt``; defaults to ``root/lists/lists_Synapse``.
+        val_fraction, seed: the validation split carved from the training cases.
 
     Raises:
         FileNotFoundError: the list or a listed file is missing (named in the message).
@@ -128,14 +139,16 @@ def synapse_datalist(
     """
     root = Path(root)
     lists = Path(list_dir) if list_dir is not None else root / "lists" / "lists_Synapse"
-    if split == "train":
+    if split in ("train", "val"):
         names = _read_list(lists / "train.txt", _SLICE_NAME)
         items = [{"name": n, "case": n.split("_")[0], "file": root / "train_npz" / f"{n}.npz"} for n in names]
+        chosen = set(training_part(sorted({i["case"] for i in items}), split, val_fraction, seed))
+        items = [i for i in items if i["case"] in chosen]
     elif split == "test":
         names = _read_list(lists / "test_vol.txt", _CASE_NAME)
         items = [{"name": n, "case": n, "file": root / "test_vol_h5" / f"{n}.npy.h5"} for n in names]
     else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     datalist = [{"image": str(i["file"]), "label": str(i["file"]), "name": i["name"], "case": i["case"]} for i in items]
     check_files_exist(datalist, ["image"])
     return datalist
@@ -148,17 +161,30 @@ def _in_plane_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+def _load_pair(num_classes: int) -> list[Any]:
+    """Read image and label with a channel dim, refuse a pair of two shapes, check the label values."""
+    keys = ["image", "label"]
+    return [
+        LoadArrayd(keys),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        CheckAlignedd("label", reference_key="image"),
+        MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
+    ]
+
+
 def synapse_slice_transforms(
     train: bool,
     image_size: int | Sequence[int] = 224,
     num_classes: int = 9,
     aux_transforms: Sequence[Any] = (),
 ) -> Compose:
-    """Transforms for the 2D slices of the TransUNet protocol: load, check labels, zoom, augment.
+    """Transforms for the 2D slices of the TransUNet protocol: load, check the pair and the labels, zoom, augment.
 
-    Image and label are read from the npz (``(1, H, W)`` after adding the channel), the label values checked
-    against ``0..num_classes-1``, both resized to ``image_size`` (an int for a square, or ``(H, W)``; bicubic
-    image, nearest label; TransUNet zooms with spline order 3 / 0). Training adds TransUNet's augmentation:
+    Image and label are read from the npz (``(1, H, W)`` after adding the channel), their shapes checked to be
+    equal (:class:`~medseg.data.loading.CheckAlignedd`: a label of another size raises naming the file, it is
+    never resized to fit), the label values checked against ``0..num_classes-1``, both resized to
+    ``image_size`` (an int for a square, or ``(H, W)``; bicubic image, nearest label; TransUNet zooms with
+    spline order 3 / 0). Training adds TransUNet's augmentation:
     with probability 0.5 a random rot90 (k in 0..3) and a flip along a random axis, else with probability 0.5
     a rotation in ±20° (nearest for the label, bilinear for the image and the aux maps), else nothing.
 
@@ -169,9 +195,7 @@ def synapse_slice_transforms(
     aux_keys = [k for t in aux_transforms for k in output_keys(t)]
     keys = ["image", "label"]
     chain: list[Any] = [
-        LoadArrayd(keys),
-        MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
-        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        *_load_pair(num_classes),
         Resized(keys, spatial_size=_in_plane_size(image_size), mode=("bicubic", "nearest")),
         *aux_transforms,
     ]
@@ -186,7 +210,7 @@ def synapse_slice_transforms(
 
 
 def synapse_volume_transforms(num_classes: int = 9, image_size: int | Sequence[int] | None = None) -> Compose:
-    """Transforms for the 3D test volumes: load ``(1, D, H, W)`` image and label, check the label values.
+    """Transforms for the 3D test volumes: load ``(1, D, H, W)`` image and label, check their shapes and the labels.
 
     Evaluation under the TransUNet protocol zooms each slice to the network size and back. With
     ``image_size`` (an int for a square, or ``(H, W)``) the image's slices are resized to it here, bilinear
@@ -195,12 +219,7 @@ def synapse_volume_transforms(num_classes: int = 9, image_size: int | Sequence[i
     stored size; the label stays at the stored size, the size the protocol scores at. Without ``image_size``
     the volume stays at its stored size.
     """
-    keys = ["image", "label"]
-    chain: list[Any] = [
-        LoadArrayd(keys),
-        MapLabelsd("label", {v: v for v in range(num_classes)}, range(num_classes)),
-        EnsureChannelFirstd(keys, channel_dim="no_channel"),
-    ]
+    chain: list[Any] = _load_pair(num_classes)
     if image_size is not None:
         chain.append(Resized("image", spatial_size=(-1, *_in_plane_size(image_size)), mode="trilinear"))
     return Compose(chain)

@@ -21,13 +21,13 @@ def error_chain(error: BaseException) -> list[BaseException]:
 
 
 @contextmanager
-def raises_naming(error_type: type[BaseException], text: str) -> Iterator[None]:
-    """Expect ``error_type``, raised directly or wrapped by a MONAI Compose, with ``text`` in its message."""
+def raises_naming(error_type: type[BaseException], *texts: str) -> Iterator[None]:
+    """Expect ``error_type``, raised directly or wrapped by a MONAI Compose, with all ``texts`` in its message."""
     with pytest.raises(Exception) as info:  # the type is checked along the chain below
         yield
     matching = [e for e in error_chain(info.value) if isinstance(e, error_type)]
     assert matching, f"expected {error_type.__name__}, got {[type(e).__name__ for e in error_chain(info.value)]}"
-    assert any(text in str(e) for e in matching), f"{text!r} not in {[str(e) for e in matching]}"
+    assert any(all(t in str(e) for t in texts) for e in matching), f"{texts!r} not in {[str(e) for e in matching]}"
 
 
 def copy_dataset(source: Path, target: Path) -> Path:

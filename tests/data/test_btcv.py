@@ -43,16 +43,60 @@ def names(datalist) -> list[str]:
     return [item["name"] for item in datalist]
 
 
+def case_names(case_ids) -> list[str]:
+    return [f"case{c:04d}" for c in sorted(case_ids)]
+
+
+def seeded_holdout(case_ids, fraction: float = 0.2, seed: int = 1234) -> list:
+    """The documented validation rule written out: permute the sorted ids with default_rng(seed), the first
+    round(fraction·n) (at least one) are validation cases."""
+    ordered = sorted(case_ids)
+    n_val = max(1, round(fraction * len(ordered)))
+    return sorted(ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))[:n_val])
+
+
 def test_all_thirty_cases_give_the_synapse_split(tmp_path, caplog):
     root = touch_cases(tmp_path, TRAIN + TEST + [41])
     with caplog.at_level(logging.WARNING, logger="medseg.data.btcv"):
-        train = btcv_datalist(root, "train")
-    assert names(train) == [f"case{c:04d}" for c in TRAIN]
-    assert names(btcv_datalist(root, "test")) == [f"case{c:04d}" for c in TEST]
+        train = btcv_datalist(root, "train", val_fraction=0)  # no validation hold-out: the 18 training cases
+    assert names(train) == case_names(TRAIN)
+    assert names(btcv_datalist(root, "test")) == case_names(TEST)
     assert train[0]["image"] == str(root / "RawData/Training/img/img0005.nii.gz")
     assert train[0]["label"] == str(root / "RawData/Training/label/label0005.nii.gz")
     assert "[41] are outside the Synapse split" in caplog.text
     assert len(btcv_datalist(root, "all")) == 31
+
+
+def test_validation_cases_are_carved_from_the_training_cases(tmp_path):
+    root = touch_cases(tmp_path, TRAIN + TEST)
+    val = names(btcv_datalist(root, "val"))
+    assert val == case_names(seeded_holdout(TRAIN)) and len(val) == 4  # round(0.2 · 18)
+    assert names(btcv_datalist(root, "train")) == case_names(set(TRAIN) - set(seeded_holdout(TRAIN)))
+    assert names(btcv_datalist(root, "val", val_fraction=0.5, val_seed=7)) == case_names(seeded_holdout(TRAIN, 0.5, 7))
+    with pytest.raises(ValueError, match="no validation split with val_fraction=0"):
+        btcv_datalist(root, "val", val_fraction=0)
+    with pytest.raises(ValueError, match="split must be 'train', 'val', 'test' or 'all'"):
+        btcv_datalist(root, "validation")
+
+
+def datalist_entry(case_id: int) -> dict[str, str]:
+    img, label = f"img{case_id:04d}.nii.gz", f"label{case_id:04d}.nii.gz"
+    return {"image": f"RawData/Training/img/{img}", "label": f"RawData/Training/label/{label}"}
+
+
+def test_monai_tutorial_datalist_puts_no_test_case_into_validation(tmp_path):
+    # MONAI's BTCV tutorial dataset_0.json: 24 training cases (test cases 1-4, 8, 22, ... among them) and
+    # validation 35-40 (test cases 35, 36, 38 among them); its sections only list the cases
+    root = touch_cases(tmp_path, TRAIN + TEST)
+    sections = {"training": [*range(1, 11), *range(21, 35)], "validation": list(range(35, 41))}
+    datalist = {section: [datalist_entry(c) for c in ids] for section, ids in sections.items()}
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    split = {s: set(names(btcv_datalist(root, s))) for s in ("train", "val", "test")}
+    assert split["test"] == set(case_names(TEST))
+    assert split["val"] == set(case_names(seeded_holdout(TRAIN))) and split["train"] | split["val"] == set(
+        case_names(TRAIN)
+    )
+    assert not split["val"] & split["test"] and not split["train"] & split["test"] and not split["train"] & split["val"]
 
 
 @pytest.mark.parametrize("case_ids", [[1, 2, 5, 6, 7], [101, 102, 103, 104]], ids=["subset", "other numbering"])
@@ -63,8 +107,11 @@ def test_missing_standard_cases_fall_back_to_the_seeded_ratio_split(tmp_path, ca
     n_test = round(0.4 * len(case_ids))
     with caplog.at_level(logging.WARNING, logger="medseg.data.btcv"):
         test = btcv_datalist(root, "test")
-    assert names(test) == [f"case{c:04d}" for c in sorted(order[:n_test])]
-    assert names(btcv_datalist(root, "train")) == [f"case{c:04d}" for c in sorted(order[n_test:])]
+    assert names(test) == case_names(order[:n_test])
+    assert names(btcv_datalist(root, "train", val_fraction=0)) == case_names(order[n_test:])
+    val = seeded_holdout(order[n_test:])  # carved from the training cases only
+    assert names(btcv_datalist(root, "val")) == case_names(val) and len(val) == 1
+    assert names(btcv_datalist(root, "train")) == case_names(set(order[n_test:]) - set(val))
     assert "lacks" in caplog.text and "seeded split" in caplog.text and "seed 1234" in caplog.text
     other_seed = btcv_datalist(root, "test", seed=0)
     assert len(other_seed) == n_test
@@ -189,3 +236,49 @@ def test_training_transforms_sample_patches(btcv_root, augmentation):
         assert set(torch.unique(patch["label"]).tolist()) <= set(range(9))
     with pytest.raises(ValueError, match="augmentation must be"):
         btcv_transforms(train=True, augmentation="heavy")
+
+
+def aligned_pair(tmp_path: Path, affine: np.ndarray, shape=(8, 6, 4)) -> dict[str, str]:
+    image = np.full(shape, 100, dtype=np.int16)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[2:5, 2:4, 1:3] = 6
+    paths = {"image": tmp_path / "img0001.nii.gz", "label": tmp_path / "label0001.nii.gz"}
+    nib.save(nib.Nifti1Image(image, affine), paths["image"])
+    nib.save(nib.Nifti1Image(label, affine), paths["label"])
+    return {key: str(path) for key, path in paths.items()}
+
+
+LPS_AFFINE = np.array([[-0.8, 0, 0, 120.0], [0, -0.8, 0, 90.0], [0, 0, 3.0, -200.0], [0, 0, 0, 1]])
+
+
+def test_a_label_shorter_than_its_image_is_refused_naming_both_files(tmp_path):
+    item = aligned_pair(tmp_path, LPS_AFFINE)
+    label = nib.load(item["label"])
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:, :, :-1], LPS_AFFINE), item["label"])  # 4 -> 3 slices
+    with raises_naming(ValueError, item["image"], item["label"], "spatial shapes (8, 6, 4) and (8, 6, 3) differ"):
+        btcv_transforms(train=True, pixdim=(1.0, 1.0, 1.0), roi_size=(4, 4, 2), num_samples=1)(item)
+
+
+@pytest.mark.parametrize("change", ["origin 100 mm off", "flipped direction", "other spacing"])
+def test_a_label_on_another_grid_is_refused_before_resampling(tmp_path, change):
+    item = aligned_pair(tmp_path, LPS_AFFINE)
+    moved = LPS_AFFINE.copy()
+    if change == "origin 100 mm off":
+        moved[0, 3] += 100.0
+    elif change == "flipped direction":
+        moved[:, 0] *= -1  # same voxel size, x runs the other way: the anatomy is mirrored
+    else:
+        moved[2, 2] = 2.5
+    label = nib.load(item["label"])
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), moved), item["label"])
+    with raises_naming(ValueError, item["image"], item["label"], "not on one voxel grid: their affines place a voxel"):
+        btcv_transforms(train=False, pixdim=(1.0, 1.0, 1.0))(item)
+
+
+def test_float_rounding_of_the_header_is_tolerated(tmp_path):
+    item = aligned_pair(tmp_path, LPS_AFFINE)
+    rounded = LPS_AFFINE + 1e-5  # float32 headers round a 120 mm origin to about 1e-5 mm
+    label = nib.load(item["label"])
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), rounded), item["label"])
+    out = btcv_transforms(train=False, pixdim=(0.8, 0.8, 3.0))(item)
+    assert int((out["label"] == 5).sum()) == 3 * 2 * 2  # the liver box, label 6 -> Synapse 5

@@ -69,7 +69,7 @@ def test_predictions_round_trip_through_label_id_pngs(tmp_path):
 
 
 def test_datalist_pairs_images_with_their_labels(cityscapes_root):
-    train = cityscapes_datalist(cityscapes_root, "train")
+    train = cityscapes_datalist(cityscapes_root, "train", val_fraction=0)  # every official training image
     assert len(train) == 5
     for item in train:
         image, label = Path(item["image"]), Path(item["label"])
@@ -79,6 +79,18 @@ def test_datalist_pairs_images_with_their_labels(cityscapes_root):
     assert len(test) == 1 and "label" not in test[0]
     with pytest.raises(ValueError, match="split must be"):
         cityscapes_datalist(cityscapes_root, "trainval")
+
+
+def test_model_selection_holds_out_official_training_images(cityscapes_root):
+    official = [item["name"] for item in cityscapes_datalist(cityscapes_root, "train", val_fraction=0)]
+    # the documented rule: permute the sorted names with default_rng(1234), the first max(1, round(0.2 n)) are held out
+    held_out = sorted(official)[int(np.random.default_rng(1234).permutation(5)[0])]
+    assert [item["name"] for item in cityscapes_datalist(cityscapes_root, "train_holdout")] == [held_out]
+    assert [item["name"] for item in cityscapes_datalist(cityscapes_root, "train")] == [
+        name for name in official if name != held_out
+    ]
+    val = [item["image"] for item in cityscapes_datalist(cityscapes_root, "val")]  # the official val: the test set
+    assert len(val) == 1 and "/leftImg8bit/val/" in val[0]
 
 
 def test_transforms_give_train_ids_matching_the_label_png(cityscapes_root):
@@ -123,7 +135,7 @@ def test_unknown_label_ids_and_missing_files_are_named(cityscapes_root, tmp_path
     label_ids = np.asarray(Image.open(label_path)).copy()
     label_ids[0, :2] = (34, 250)
     Image.fromarray(label_ids).save(label_path)
-    item = next(i for i in cityscapes_datalist(root, "train") if i["label"] == str(label_path))
+    item = next(i for i in cityscapes_datalist(root, "train", val_fraction=0) if i["label"] == str(label_path))
     with raises_naming(ValueError, f"{label_path.name} holds unknown values [34, 250]"):
         cityscapes_transforms(train=False)(item)
     Image.fromarray(np.zeros((*label_ids.shape, 3), np.uint8)).save(label_path)
@@ -135,3 +147,13 @@ def test_unknown_label_ids_and_missing_files_are_named(cityscapes_root, tmp_path
     label_path.unlink()
     with pytest.raises(FileNotFoundError, match=label_path.name):
         cityscapes_datalist(root, "train")
+
+
+def test_a_label_of_another_size_is_refused_naming_both_files(cityscapes_root, tmp_path):
+    root = copy_dataset(cityscapes_root, tmp_path / "cityscapes")
+    item = cityscapes_datalist(root, "val")[0]
+    label_ids = np.asarray(Image.open(item["label"]))
+    Image.fromarray(label_ids[:-2]).save(item["label"])  # two rows short
+    height, width = label_ids.shape
+    with raises_naming(ValueError, item["image"], item["label"], f"({height}, {width}) and ({height - 2}, {width})"):
+        cityscapes_transforms(train=True, image_size=(16, 32), crop_size=(8, 8))(item)

@@ -69,7 +69,9 @@ def deterministic():
 
 def test_synapse_slices_are_learnable(tmp_path):
     root = make_synapse(tmp_path, "transunet", cases=16, size=64, seed=0)  # 10 train, 6 test volumes
-    train = CacheDataset(synapse_datalist(root, "train"), synapse_slice_transforms(False, 64), progress=False)
+    # no model selection here: every training case trains (val_fraction=0), the test volumes only score
+    train_items = synapse_datalist(root, "train", val_fraction=0)
+    train = CacheDataset(train_items, synapse_slice_transforms(False, 64), progress=False)
     net = train_unet(train, 1, 9, iterations=1000, batch_size=8)
     frequency = np.bincount(np.concatenate([item["label"].numpy().ravel().astype(int) for item in train]), minlength=9)
     prior = frequency / frequency.sum()
@@ -92,7 +94,8 @@ def test_synapse_slices_are_learnable(tmp_path):
 
 def test_cityscapes_scenes_are_learnable(tmp_path):
     root = make_cityscapes(tmp_path, cases=24, size=128, seed=0)  # 21 train, 3 val images of 128x64
-    train = CacheDataset(cityscapes_datalist(root, "train"), cityscapes_transforms(False), progress=False)
+    train_items = cityscapes_datalist(root, "train", val_fraction=0)  # no model selection: all 21 train
+    train = CacheDataset(train_items, cityscapes_transforms(False), progress=False)
     net = train_unet(train, 3, 19, iterations=500, batch_size=4, ignore_index=255)
     labels = np.concatenate([item["label"].numpy().ravel() for item in train])
     frequency = np.bincount(labels[labels != 255].astype(int), minlength=19)

@@ -46,7 +46,7 @@ def test_organ_names_follow_the_mapping():
 def test_datalists_follow_the_split_lists(transunet_root):
     lists = transunet_root / "lists" / "lists_Synapse"
     listed_slices = lists.joinpath("train.txt").read_text().split()
-    train = synapse_datalist(transunet_root, "train")
+    train = synapse_datalist(transunet_root, "train", val_fraction=0)  # every training case, as TransUNet trains
     assert [item["name"] for item in train] == listed_slices
     assert train[0]["image"] == train[0]["label"] == str(transunet_root / "train_npz" / f"{listed_slices[0]}.npz")
     assert train[0]["case"] == listed_slices[0][:8]
@@ -54,7 +54,23 @@ def test_datalists_follow_the_split_lists(transunet_root):
     assert [item["name"] for item in test] == ["case0001", "case0002"]
     assert test[1]["image"].endswith("test_vol_h5/case0002.npy.h5")
     with pytest.raises(ValueError, match="split must be"):
-        synapse_datalist(transunet_root, "val")
+        synapse_datalist(transunet_root, "validation")
+
+
+def test_validation_slices_are_whole_training_cases(transunet_root):
+    listed_slices = (transunet_root / "lists" / "lists_Synapse" / "train.txt").read_text().split()
+    training_cases = sorted({name[:8] for name in listed_slices})
+    assert training_cases == ["case0005", "case0006", "case0007"]
+    # the documented rule: permute the sorted cases with default_rng(1234), the first max(1, round(0.2 n)) validate
+    held_out = training_cases[int(np.random.default_rng(1234).permutation(3)[0])]
+    val, train = synapse_datalist(transunet_root, "val"), synapse_datalist(transunet_root, "train")
+    assert {item["case"] for item in val} == {held_out}
+    assert [item["name"] for item in val] == [n for n in listed_slices if n.startswith(held_out)]
+    assert [item["name"] for item in train] == [n for n in listed_slices if not n.startswith(held_out)]
+    test_cases = {item["case"] for item in synapse_datalist(transunet_root, "test")}
+    assert not test_cases & {item["case"] for item in val + train}
+    with pytest.raises(ValueError, match="no validation split with val_fraction=0"):
+        synapse_datalist(transunet_root, "val", val_fraction=0)
 
 
 def test_slice_transforms_give_resized_slices_with_synapse_labels(transunet_root):
@@ -143,3 +159,19 @@ def test_labels_outside_the_synapse_classes_are_refused(tmp_path):
     np.savez(path, image=np.zeros((4, 4), np.float32), label=label)
     with raises_naming(ValueError, "case0005_slice000.npz holds non-integer values"):
         synapse_volume_transforms()({"image": str(path), "label": str(path)})
+
+
+def test_an_npz_label_of_another_shape_is_refused_not_resized(tmp_path):
+    path = tmp_path / "case0005_slice000.npz"
+    np.savez(path, image=np.zeros((8, 8), np.float32), label=np.zeros((5, 8), np.float32))  # 3 rows short
+    with raises_naming(ValueError, f"image file {path} and label file {path}", "(8, 8) and (5, 8) differ"):
+        synapse_slice_transforms(train=True, image_size=16)({"image": str(path), "label": str(path)})
+
+
+def test_an_h5_label_of_another_shape_is_refused(tmp_path):
+    path = tmp_path / "case0001.npy.h5"
+    with h5py.File(path, "w") as volume:
+        volume.create_dataset("image", data=np.zeros((4, 8, 8), np.float32))
+        volume.create_dataset("label", data=np.zeros((3, 8, 8), np.float32))  # a slice short
+    with raises_naming(ValueError, str(path), "(4, 8, 8) and (3, 8, 8) differ"):
+        synapse_volume_transforms(image_size=16)({"image": str(path), "label": str(path)})
