@@ -425,9 +425,13 @@ def make_cityscapes(root: str | Path, cases: int = 12, size: int = 256, seed: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``--dataset synapse|cityscapes --layout transunet|btcv --cases N --size S --seed K --out DIR``."""
-    parser = argparse.ArgumentParser(description="Write synthetic Synapse/BTCV or Cityscapes data in their layouts.")
-    parser.add_argument("--dataset", choices=("synapse", "cityscapes"), required=True)
+    """Command line: ``--dataset synapse|cityscapes|nnunet|msd --cases N --size S --seed K --out DIR`` (and options)."""
+    from .synthetic_mri import make_msd, make_nnunet
+
+    parser = argparse.ArgumentParser(
+        description="Write synthetic Synapse/BTCV, Cityscapes, or MRI-like nnU-Net v2 / MSD data in their layouts."
+    )
+    parser.add_argument("--dataset", choices=("synapse", "cityscapes", "nnunet", "msd"), required=True)
     parser.add_argument("--layout", choices=("transunet", "btcv"), default="transunet", help="Synapse only")
     parser.add_argument("--cases", type=int, default=None, help="cases/images (default: 30 Synapse, 12 Cityscapes)")
     parser.add_argument("--size", type=int, default=None, help="in-plane size / image width (default 96 / 256)")
@@ -435,10 +439,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the dataset root to write")
     parser.add_argument("--datalist", action="store_true", help="btcv layout: also write dataset_0.json")
     parser.add_argument("--train-ids", action="store_true", help="cityscapes: also write _gtFine_labelTrainIds.png")
+    parser.add_argument("--channels", nargs="+", default=["T2"], help="nnunet/msd: T2 ADC FLAIR T1 (one per channel)")
+    parser.add_argument("--classes", type=int, default=3, help="nnunet/msd: classes with background, 2-4")
+    parser.add_argument("--test-cases", type=int, default=2, help="nnunet/msd: imagesTs cases (with labelsTs)")
+    parser.add_argument("--file-ending", default=".nii.gz", help="nnunet: .nii.gz, .nrrd, .mha, .png (2D) ...")
     args = parser.parse_args(argv)
     if args.dataset == "synapse":
         make_synapse(args.out, args.layout, args.cases or 30, args.size or 96, args.seed, datalist=args.datalist)
-    else:
+    elif args.dataset == "cityscapes":
         make_cityscapes(args.out, args.cases or 12, args.size or 256, args.seed, train_ids=args.train_ids)
+    else:
+        common = {"cases": args.cases or 8, "test_cases": args.test_cases, "size": args.size or 32, "seed": args.seed}
+        common |= {"classes": args.classes, "channels": args.channels}
+        if args.dataset == "msd":
+            make_msd(args.out, **common)
+        else:
+            dims = 2 if args.file_ending.lower() in (".png", ".bmp") else 3
+            make_nnunet(args.out, file_ending=args.file_ending, spatial_dims=dims, **common)
     print(f"wrote synthetic {args.dataset} to {args.out}")
     return 0
