@@ -2,6 +2,14 @@
 
 MONAI repeats this preamble in each loss; medseg does it once, here. A loss calls
 :meth:`SegmentationLoss.prepare` and gets a :class:`Prepared` bundle of float32 tensors.
+
+One rule for a single-channel input ``(B, 1, *spatial)``, in every loss: it is a binary problem and the channel
+is the foreground. ``sigmoid=True`` applies the sigmoid (as MONAI). ``softmax=True`` applies the sigmoid too:
+the softmax over the two logits ``(0, x)`` gives the foreground exactly σ(x), so this is the
+two-class softmax with the background logit fixed at 0 (MONAI warns and skips the softmax, reading logits as
+probabilities; medseg warns and computes the binary loss). Without an activation the input must already be the
+foreground probability: values outside [0, 1] raise a ValueError naming the loss and the fix, never a number
+from logits read as probabilities. ``other_act`` is the user's own choice and is applied as given.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from functools import cached_property
 
 import torch
 from torch import nn
+
+from .registry import registered_name
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -30,7 +40,8 @@ class Prepared:
             ``None`` when the target was given one-hot for a sigmoid (multi-label) problem.
         mask: ``(B, 1, *spatial)`` float, 1 where a voxel takes part, or ``None`` when nothing is ignored.
         classes: indices of the kept classes in the original C.
-        activation: ``"softmax"``, ``"sigmoid"``, ``"other"`` or ``"none"``.
+        activation: ``"softmax"``, ``"sigmoid"``, ``"other"`` or ``"none"`` (one channel: never ``"softmax"``).
+        loss_name: how error messages name the loss.
     """
 
     def __init__(
@@ -42,6 +53,7 @@ class Prepared:
         classes: list[int],
         activation: str,
         other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        loss_name: str = "the loss",
     ) -> None:
         self._full_logits = full_logits
         self._onehot = onehot  # full-C one-hot target when given one-hot, else built from labels on demand
@@ -50,6 +62,7 @@ class Prepared:
         self.mask = mask
         self.classes = classes
         self.activation = activation
+        self.loss_name = loss_name
         self._all_classes = len(classes) == full_logits.shape[1]
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +71,11 @@ class Prepared:
     @property
     def logits(self) -> torch.Tensor:
         return self._keep(self._full_logits)
+
+    @property
+    def binary(self) -> bool:
+        """Each channel is its own binary problem (sigmoid, or a single channel), not one of C exclusive classes."""
+        return self.activation == "sigmoid" or self._full_logits.shape[1] == 1
 
     @cached_property
     def probs(self) -> torch.Tensor:
@@ -68,6 +86,8 @@ class Prepared:
             return self._keep(torch.sigmoid(x))
         if self.activation == "other":
             return self._keep(self._other_act(x).to(x.dtype))
+        if x.shape[1] == 1:
+            _check_probabilities(x, self.loss_name)
         return self._keep(x)
 
     @cached_property
@@ -77,6 +97,13 @@ class Prepared:
         if self.activation == "sigmoid":
             return nn.functional.logsigmoid(self.logits)
         return torch.log(self.probs.clamp_min(1e-12))
+
+    @cached_property
+    def log_one_minus_probs(self) -> torch.Tensor:
+        """log(1 − p), the negatives' term of a binary cross-entropy; from the logits for the sigmoid (stable)."""
+        if self.activation == "sigmoid":
+            return nn.functional.logsigmoid(-self.logits)
+        return torch.log((1.0 - self.probs).clamp_min(1e-12))
 
     @cached_property
     def target(self) -> torch.Tensor:
@@ -145,12 +172,29 @@ def reduce(loss: torch.Tensor, reduction: str, spatial_ndim: int | None = None) 
     return loss
 
 
+def describe_loss(loss: nn.Module) -> str:
+    """A loss as messages name it: its registry name and class, ``'dice' (DiceLoss)``, or the class alone."""
+    name = registered_name(type(loss))
+    return type(loss).__name__ if name is None else f"{name!r} ({type(loss).__name__})"
+
+
 def _check_finite(input: torch.Tensor) -> None:
     # a sum is NaN/inf whenever any element is: one cheap reduction instead of an elementwise mask
     if not torch.isfinite(input.sum(dtype=torch.float32 if input.dtype != torch.float64 else torch.float64)):
         n_nan = int(torch.isnan(input).sum())
         n_inf = int(torch.isinf(input).sum())
         raise ValueError(f"input logits contain {n_nan} NaN and {n_inf} inf values; the loss would be undefined")
+
+
+def _check_probabilities(input: torch.Tensor, loss_name: str) -> None:
+    """A single channel without activation is read as the foreground probability: refuse what cannot be one."""
+    lowest, highest = (float(v) for v in torch.aminmax(input.detach()))
+    if lowest < 0.0 or highest > 1.0:  # NaN compares False: the finiteness check names it instead
+        raise ValueError(
+            f"{loss_name} got a single-channel input with values in [{lowest:.4g}, {highest:.4g}] and no activation, "
+            "so it would read them as probabilities. One channel is binary (the foreground): for logits pass "
+            "sigmoid=True (softmax=True means the same on one channel), or pass probabilities in [0, 1]"
+        )
 
 
 def _check_integer_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
@@ -176,8 +220,11 @@ class SegmentationLoss(nn.Module):
         to_onehot_y: accepted for MONAI compatibility; a ``(B, 1, ...)`` label map is always expanded
             to one-hot when the input has more than one channel.
         sigmoid: apply a sigmoid to the input (binary or multi-label).
-        softmax: apply a softmax over the channel dim (multi-class).
+        softmax: apply a softmax over the channel dim (multi-class). A single channel is binary: the sigmoid, the
+            softmax over the logits ``(0, x)`` (MONAI skips the softmax there and reads logits as probabilities).
         other_act: any other callable activation, applied to the logits instead.
+
+    Without an activation the input is read as probabilities; a single channel outside [0, 1] raises ValueError.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: label value whose voxels take no part (e.g. 255 for Cityscapes). With a one-hot target,
             a value in ``0..C-1`` masks that class's voxels and any other value masks all-zero voxels (MONAI's rule).
@@ -185,6 +232,9 @@ class SegmentationLoss(nn.Module):
 
     #: names of the auxiliary tensors ``forward`` reads (e.g. ``("dist",)``); the registry lists them.
     aux_keys: tuple[str, ...] = ()
+    #: ``softmax=True`` on one channel is the binary loss (the sigmoid) in every loss. Losses with MONAI's activation
+    #: flags warn about it as MONAI does; a loss whose softmax is its own default (cross-entropy) sets False.
+    warns_on_single_channel_softmax: bool = True
     #: NaN/inf logits always make this loss non-finite, so the input is inspected only then; a loss whose value
     #: can stay finite (thresholds, sorting, pooling) sets False and has its input checked before every call.
     nan_propagates: bool = True
@@ -213,6 +263,17 @@ class SegmentationLoss(nn.Module):
         self.other_act = other_act
         self.reduction = reduction
         self.ignore_index = ignore_index
+        self._loss_name: str | None = None
+
+    @property
+    def loss_name(self) -> str:
+        """How messages name this loss: registry name and class (``'dice' (DiceLoss)``), unless set (a compound
+        names its terms after itself)."""
+        return describe_loss(self) if self._loss_name is None else self._loss_name
+
+    @loss_name.setter
+    def loss_name(self, value: str) -> None:
+        self._loss_name = value
 
     def __call__(self, input: torch.Tensor, target: torch.Tensor, **aux: torch.Tensor) -> torch.Tensor:
         if not self.nan_propagates and isinstance(input, torch.Tensor):
@@ -232,6 +293,8 @@ class SegmentationLoss(nn.Module):
             softmax=self.softmax,
             other_act=self.other_act,
             ignore_index=self.ignore_index,
+            loss_name=self.loss_name,
+            warn_single_channel_softmax=self.warns_on_single_channel_softmax,
         )
 
 
@@ -274,8 +337,14 @@ def prepare(
     softmax: bool = False,
     other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ignore_index: int | None = None,
+    loss_name: str = "the loss",
+    warn_single_channel_softmax: bool = True,
 ) -> Prepared:
-    """Validate ``input``/``target`` and return float32 probabilities, one-hot target and ignore mask."""
+    """Validate ``input``/``target`` and return float32 probabilities, one-hot target and ignore mask.
+
+    A single channel is binary (see the module docstring): ``softmax=True`` gives the sigmoid, with a warning
+    unless ``warn_single_channel_softmax=False``; without an activation the probabilities must lie in [0, 1].
+    """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("input and target must be torch tensors")
     if input.ndim < 3:
@@ -329,10 +398,16 @@ def prepare(
             labels = onehot.argmax(1)
 
     if softmax and num_classes == 1:
-        warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=3)
+        if warn_single_channel_softmax:
+            warnings.warn(
+                f"{loss_name}: single channel prediction, `softmax=True` read as binary: the sigmoid of the logit is "
+                "the foreground probability (the softmax over the logits (0, x)); pass sigmoid=True to say so",
+                stacklevel=3,
+            )
+        softmax, sigmoid = False, True
     if sigmoid:
         activation = "sigmoid"
-    elif softmax and num_classes > 1:
+    elif softmax:
         activation = "softmax"
     elif other_act is not None:
         activation = "other"
@@ -345,4 +420,4 @@ def prepare(
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
         else:
             classes = classes[1:]
-    return Prepared(logits, labels, onehot, mask, classes, activation, other_act)
+    return Prepared(logits, labels, onehot, mask, classes, activation, other_act, loss_name)

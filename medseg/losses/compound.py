@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._prepare import Prepared, SegmentationLoss, class_weight_tensor, reduce
+from ._prepare import Prepared, SegmentationLoss, class_weight_tensor, describe_loss, reduce
 from .pixel import CrossEntropyLoss, FocalLoss
 from .region import DiceLoss
 from .registry import get_loss, register
@@ -111,6 +111,7 @@ class DiceCELoss(nn.Module):
             dice_weight,
             ignore_index,
         )
+        self.dice.loss_name = f"the Dice term of {describe_loss(self)}"
         self.cross_entropy = CrossEntropyLoss(
             reduction=reduction, weight=class_weight, ignore_index=ignore_index, label_smoothing=label_smoothing
         )
@@ -220,6 +221,7 @@ class DiceFocalLoss(nn.Module):
             weight,
             ignore_index,
         )
+        self.dice.loss_name = f"the Dice term of {describe_loss(self)}"
         self.focal = FocalLoss(
             include_background=include_background,
             sigmoid=not focal_softmax,
@@ -290,6 +292,8 @@ class ComboLoss(SegmentationLoss):
             batch=batch,
             ignore_index=ignore_index,
         )
+        self.dice.loss_name = f"the Dice term of {self.loss_name}"
+        self.dice.warns_on_single_channel_softmax = False  # the combo's own prepare has warned already
 
     def weighted_ce(self, prep: Prepared) -> torch.Tensor:
         """β-weighted binary CE per item and class ``(B, C')`` (``(C',)`` with ``batch=True``)."""
@@ -385,12 +389,14 @@ class ExpLogLoss(SegmentationLoss):
         return torch.where(counts > 0, total / counts.clamp_min(1), 0.0).sqrt()
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prep = self.prepare(input, target)
-        if input.shape[1] < 2:
+        if isinstance(input, torch.Tensor) and input.ndim > 1 and input.shape[1] < 2:
             raise ValueError(
-                f"ExpLogLoss needs at least two channels (mutually exclusive classes), got input shape "
-                f"{tuple(input.shape)}; for a binary problem add a background channel"
+                f"{self.loss_name} needs at least two channels (mutually exclusive classes), got input shape "
+                f"{tuple(input.shape)}. For a binary problem give two channels (background, foreground): "
+                "torch.cat([torch.zeros_like(x), x], 1) with softmax=True for a foreground logit x (the softmax of "
+                "(0, x) is the sigmoid), or torch.cat([1 - p, p], 1) for a foreground probability p"
             )
+        prep = self.prepare(input, target)
         p = prep.masked(prep.probs)
         g = prep.target
         dims = prep.spatial_dims

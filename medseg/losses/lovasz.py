@@ -83,10 +83,16 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     kornia). ``reduction="none"`` returns ``(B, C', 1, ...)`` with ``per_image`` and ``(1, C', 1, ...)`` without
     it, 0 for classes not scored. ``ignore_index`` voxels take no part.
 
+    A single channel ``(B, 1, *spatial)`` is the binary problem: the foreground probability is the sigmoid of the
+    logit (the softmax over the logits ``(0, x)``), and only the foreground class is scored; with
+    ``softmax=False`` the input must be probabilities in [0, 1] (others raise ValueError).
+
     Reference: Berman, Rannen Triki, Blaschko, "The Lovász-Softmax loss: A tractable surrogate for the
     optimization of the intersection-over-union measure in neural networks", CVPR 2018.
     Parity: ``kornia.losses.LovaszSoftmaxLoss`` with ``per_image=True, classes="all"`` (2D).
     """
+
+    warns_on_single_channel_softmax = False  # softmax is this loss's own default: one channel is binary by definition
 
     def __init__(
         self,

@@ -22,22 +22,25 @@ __all__ = [
 
 
 def voxel_cross_entropy(prep: Prepared) -> torch.Tensor:
-    """Per-voxel, per-class cross-entropy terms ``-g log p`` (softmax) or binary CE (sigmoid), ``(B, C', ...)``."""
-    if prep.activation == "sigmoid":
+    """Per-voxel, per-class cross-entropy terms ``-g log p`` (exclusive classes) or binary CE
+    ``-[g log p + (1 - g) log(1 - p)]`` (sigmoid, or a single channel), ``(B, C', ...)``."""
+    if prep.binary:
         g = prep.target
-        return -(g * prep.log_probs + (1 - g) * logsigmoid(-prep.logits))
+        return -(g * prep.log_probs + (1 - g) * prep.log_one_minus_probs)
     return -prep.target * prep.log_probs
 
 
-def is_single_channel(input: torch.Tensor) -> bool:
-    """True for a ``(B, 1, ...)`` tensor: a binary problem whose one logit goes through a sigmoid."""
-    return isinstance(input, torch.Tensor) and input.ndim > 1 and input.shape[1] == 1
-
-
 def prepare_exclusive(loss: SegmentationLoss, input: torch.Tensor, target: torch.Tensor) -> Prepared:
-    """Prepare mutually exclusive classes, all kept: softmax over C > 1 channels, sigmoid for one channel."""
-    binary = is_single_channel(input)
-    return prepare(input, target, sigmoid=binary, softmax=not binary, ignore_index=loss.ignore_index)
+    """Prepare mutually exclusive classes, all kept: softmax over C > 1 channels, sigmoid for one channel
+    (the shared single-channel rule, without its warning: the softmax is the loss's own)."""
+    return prepare(
+        input,
+        target,
+        softmax=True,
+        ignore_index=loss.ignore_index,
+        loss_name=loss.loss_name,
+        warn_single_channel_softmax=False,
+    )
 
 
 def reduce_over_voxels(loss: torch.Tensor, prep: Prepared, reduction: str) -> torch.Tensor:
@@ -62,7 +65,13 @@ class CrossEntropyLoss(SegmentationLoss):
     ``include_background=False`` removes class 0's term (softmax still over all classes).
     Matches ``torch.nn.CrossEntropyLoss`` / ``BCEWithLogitsLoss``; adds label-map or one-hot targets and
     input validation.
+
+    A single channel ``(B, 1, *spatial)`` is binary whatever the flags: its logit is the foreground's, and the
+    loss is ``BCEWithLogitsLoss`` (the two-class softmax CE of the logits ``(0, x)``, the same number); with
+    ``softmax=False, sigmoid=False`` it is the binary CE of probabilities in [0, 1] (others raise ValueError).
     """
+
+    warns_on_single_channel_softmax = False  # softmax is this loss's own default: one channel is BCE by definition
 
     def __init__(
         self,
@@ -116,10 +125,10 @@ class CrossEntropyLoss(SegmentationLoss):
         w = w.view(shape)
         hard_target = prep.target
         if self.label_smoothing > 0:
-            n = 2 if prep.activation == "sigmoid" else num_classes
+            n = 2 if prep.binary else num_classes
             prep.target = prep.masked(hard_target * (1 - self.label_smoothing) + self.label_smoothing / n)
         terms = prep.masked(voxel_cross_entropy(prep) * w)
-        if prep.activation == "sigmoid":
+        if prep.binary:
             if self.reduction == "none":
                 return terms
             if self.reduction == "sum":
@@ -140,7 +149,7 @@ def voxel_nll(prep: Prepared) -> torch.Tensor:
     ``prep`` comes from :func:`prepare_exclusive`: torch's fused cross-entropy for softmax (no one-hot),
     binary CE for a single sigmoid channel.
     """
-    if prep.activation == "sigmoid":
+    if prep.binary:
         return prep.masked(voxel_cross_entropy(prep))[:, 0]
     labels = prep.labels if prep.mask is None else torch.where(prep.mask[:, 0] > 0, prep.labels, -100)
     return torch.nn.functional.cross_entropy(prep.logits, labels, ignore_index=-100, reduction="none")
@@ -328,15 +337,17 @@ class FocalLoss(SegmentationLoss):
         return 1 + (alpha.view(per_class) - 1) * g  # α_c on positives, 1 on negatives (MONAI)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        use_softmax = self.softmax and not is_single_channel(input)
         prep = prepare(
             input,
             target,
             self.include_background,
-            sigmoid=not use_softmax,
-            softmax=use_softmax,
+            sigmoid=not self.softmax,
+            softmax=self.softmax,
             ignore_index=self.ignore_index,
+            loss_name=self.loss_name,
+            warn_single_channel_softmax=False,  # one channel: the sigmoid focal loss, documented above
         )
+        use_softmax = prep.activation == "softmax"
         g = prep.target
         if use_softmax:
             # MONAI's rule: without background the softmax runs over the kept classes only

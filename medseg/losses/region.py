@@ -79,6 +79,9 @@ class DiceLoss(_PerClassRegionLoss):
     Same arguments, defaults and numbers as MONAI's ``DiceLoss`` (``squared_pred`` gives the V-Net form with
     :math:`\sum p^2 + \sum g^2` in the denominator; ``jaccard`` gives :math:`1 - \frac{TP+s}{TP+FP+FN+s}`).
     Adds: label-map targets without ``to_onehot_y``, input validation, float32 reductions under autocast.
+    One channel is binary, in this and every region loss: ``softmax=True`` applies the sigmoid (the softmax of the
+    logits ``(0, x)``; MONAI warns and skips the activation), and without an activation values outside [0, 1]
+    raise ValueError instead of being read as probabilities.
 
     A class absent from target and prediction scores :math:`1 - s_{nr}/s_{dr} = 0` (default smoothing).
     ``reduction="none"`` returns ``(B, C, 1, ...)`` (``(1, C, 1, ...)`` with ``batch=True``).
@@ -371,9 +374,15 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
         """Generalised Wasserstein Dice loss per item, ``(B, 1)``."""
         num_classes = self.dist_matrix.shape[0]
         if input.ndim >= 2 and input.shape[1] != num_classes:
+            binary_hint = (
+                ". A single channel is binary: give the two channels (background, foreground) the matrix describes, "
+                "torch.cat([torch.zeros_like(x), x], 1) for a foreground logit x (the softmax of (0, x) is the sigmoid)"
+                if input.shape[1] == 1
+                else ""
+            )
             raise ValueError(
-                f"input has {input.shape[1]} channels but dist_matrix is {num_classes} x {num_classes} "
-                f"(input shape {tuple(input.shape)})"
+                f"{self.loss_name}: input has {input.shape[1]} channels but dist_matrix is {num_classes} x "
+                f"{num_classes} (input shape {tuple(input.shape)}){binary_hint}"
             )
         prep = self.prepare(input, target)
         probs = prep.probs.flatten(2)  # (B, C, N)

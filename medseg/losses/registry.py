@@ -23,6 +23,7 @@ class LossInfo:
 
 
 _REGISTRY: dict[str, LossInfo] = {}
+_NAME_OF_CLASS: dict[type, str] = {}
 
 
 def register(name: str, family: str, reference: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -34,6 +35,7 @@ def register(name: str, family: str, reference: str) -> Callable[[type[nn.Module
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"loss name {name!r} is already registered to {_REGISTRY[name].cls.__name__}")
         _REGISTRY[name] = LossInfo(name, cls, family, reference, tuple(getattr(cls, "aux_keys", ())))
+        _NAME_OF_CLASS[cls] = name
         return cls
 
     return decorator
@@ -45,6 +47,11 @@ def _lookup(name: str) -> LossInfo:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown loss {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
+
+
+def registered_name(cls: type) -> str | None:
+    """The name ``cls`` is registered under, or ``None`` (e.g. a subclass the user wrote)."""
+    return _NAME_OF_CLASS.get(cls)
 
 
 def get_loss(name: str, **kwargs) -> nn.Module:
