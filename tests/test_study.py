@@ -33,8 +33,8 @@ TVERSKY_HALF = {"loss_kwargs#tversky#alpha": 0.5, "loss_kwargs#tversky#beta": 0.
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """Raw BTCV layout, 2 training and 2 test cases."""
-    return make_synapse(tmp_path_factory.mktemp("btcv"), layout="btcv", cases=4, size=32, seed=0, datalist=True)
+    """Raw BTCV layout, 2 training, 1 validation and 2 test cases."""
+    return make_synapse(tmp_path_factory.mktemp("btcv"), layout="btcv", cases=5, size=32, seed=0, datalist=True)
 
 
 def two_by_two(dataset: Path) -> study.Grid:
