@@ -47,6 +47,8 @@ class DiceCELoss(nn.Module):
     ``C > 1`` channels, binary CE for one channel). ``weight`` (one per class) weighs both terms, the Dice term
     without class 0's entry when ``include_background=False``; for one channel a single ``weight`` is the
     BCE's ``pos_weight`` and the Dice term is unweighted. ``label_smoothing`` acts on the multi-class CE only.
+    One channel is binary in both terms: pass ``sigmoid=True`` (``softmax=True`` gives the Dice term the same
+    sigmoid, with MONAI's warning); without an activation the Dice term needs probabilities and refuses logits.
 
     Added: ``ignore_index`` (MONAI's ``DiceCELoss`` has none and fails on a label 255); the voxels with that
     label take part in neither term. Label-map targets need no ``to_onehot_y``.
