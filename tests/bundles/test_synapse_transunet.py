@@ -58,7 +58,7 @@ def test_train_then_evaluate_then_infer(tmp_path, synthetic_transunet):
     assert (models / "model.pt").is_file() and not (models / "model_final.pt").exists()
     state = last_checkpoint(tmp_path)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["epoch_length"] == 2
-    assert set(state) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    assert set(state) == {"network", "optimizer", "lr_scheduler", "loss", "trainer", "random_state"}
 
     run(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
