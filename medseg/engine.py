@@ -49,7 +49,7 @@ class BatchAuxLoss(nn.Module):
 def check_shared_maps(loss: nn.Module) -> None:
     """Raise when terms of a ``CompoundLoss`` read one aux key in different map modes (their ``map_mode``)."""
     terms = getattr(loss, "terms", None)
-    if not isinstance(terms, Mapping):
+    if not isinstance(terms, nn.ModuleDict | Mapping):
         return
     readers: dict[str, dict[str, list[str]]] = {}
     for name, term in terms.items():

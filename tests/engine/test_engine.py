@@ -171,3 +171,62 @@ def test_three_iterations_with_distancemapd_and_a_boundary_loss():
     assert CountingDistanceMapd.calls == 3  # computed once per item when the cache was built
     assert loss.aux["dist"].shape == (1, 2, 8, 8)  # the cropped map of the last batch reached the loss
     assert torch.isfinite(compound.last_values["boundary"])
+
+
+def distance_map_trainer(mode: str, strip_meta: bool, affine: torch.Tensor | None = None):
+    """A SupervisedTrainer on Dice + boundary, with DistanceMapd(mode) cached and then sampled, flipped, collated."""
+    from monai.data import MetaTensor
+    from monai.transforms import EnsureTyped, RandCropByPosNegLabeld
+
+    from medseg.losses import CompoundLoss
+    from medseg.transforms import DistanceMapd
+
+    items = make_items(3)
+    if affine is not None:
+        items = [{k: MetaTensor(v, affine=affine) for k, v in item.items()} for item in items]
+    keys = ["image", "label", "dist"]
+    chain = [
+        DistanceMapd(keys="label", mode=mode, num_classes=2, output_key="dist"),
+        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=(8, 8), num_samples=2),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+    ]
+    if strip_meta:  # as the bundles end their chains: the map's own meta is gone, the sidecar key remains
+        chain.append(EnsureTyped(keys, track_meta=False))
+    dataset = CacheDataset(items, Compose(chain), cache_rate=1.0, progress=False)
+    compound = CompoundLoss(
+        {"dice": 0.5, "boundary": 0.5}, loss_kwargs={"dice": {"softmax": True}, "boundary": {"softmax": True}}
+    )
+    loss = BatchAuxLoss(compound)
+    net = nn.Conv2d(1, 2, 3, padding=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(dataset, batch_size=1),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+        loss_function=loss,
+        prepare_batch=PrepareBatchWithAux(loss),
+    )
+    return trainer, loss
+
+
+@pytest.mark.parametrize("strip_meta", [False, True], ids=["metatensor", "sidecar"])
+def test_a_cached_map_of_another_mode_stops_training_with_a_clear_error(strip_meta):
+    trainer, _ = distance_map_trainer("penalty", strip_meta)
+    with pytest.raises(ValueError, match=r"BoundaryLoss reads the 'dist' map of DistanceMapd mode 'signed'.*'penalty'"):
+        trainer.run()
+
+
+@pytest.mark.parametrize("strip_meta", [False, True], ids=["metatensor", "sidecar"])
+def test_the_map_record_reaches_the_loss_through_cache_crop_flip_and_collation(strip_meta):
+    from medseg.transforms import read_map_record
+
+    spacing = (0.8, 1.25)
+    affine = torch.diag(torch.tensor([*spacing, 1.0, 1.0], dtype=torch.float64))
+    trainer, loss = distance_map_trainer("signed", strip_meta, affine)
+    trainer.run()
+    assert trainer.state.iteration == 3  # one case (two patches) per batch
+    record = read_map_record(loss.aux["dist"])
+    assert record.modes == ("signed", "signed")
+    assert torch.equal(record.spacings, torch.tensor([spacing, spacing], dtype=torch.float64))
+    assert torch.isfinite(loss.loss.last_values["boundary"])

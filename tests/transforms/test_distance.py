@@ -8,12 +8,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from monai.data import CacheDataset, MetaTensor
+from monai.data import CacheDataset, MetaTensor, list_data_collate
 from monai.losses import HausdorffDTLoss
-from monai.transforms import Compose, RandFlipd, RandSpatialCropd
+from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, RandSpatialCropd
 from scipy import ndimage
 
-from medseg.transforms import MODES, DistanceMap, DistanceMapd, distance_maps
+from medseg.transforms import (
+    MAP_META_KEY,
+    MODES,
+    DistanceMap,
+    DistanceMapd,
+    distance_maps,
+    read_map_record,
+    with_map_record,
+)
 from medseg.transforms import _backends as backends
 
 REGION_MODES = [m for m in MODES if m != "unet_weight"]
@@ -212,6 +220,51 @@ def test_spacing_comes_from_the_metatensor_affine():
     np.testing.assert_allclose(unit[1], scipy_class_map(labels[0].numpy() == 1, (1.0, 1.0), "signed"), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_every_map_records_its_mode_spacing_and_parameters(mode):
+    labels = torch.from_numpy(blob_labels((10, 9)))[None]
+    affine = torch.diag(torch.tensor([0.7, 1.3, 1.0, 1.0], dtype=torch.float64))
+    label = MetaTensor(labels, affine=affine)
+    out = DistanceMap(mode, num_classes=3, bins=4, truncation=2.0, w0=3.0, sigma=2.0)(label)
+    record = out.meta[MAP_META_KEY]
+    assert record["mode"] == mode and torch.equal(record["spacing"], torch.tensor([0.7, 1.3], dtype=torch.float64))
+    extra = {k: v for k, v in record.items() if k not in ("mode", "spacing")}
+    expected = {
+        "quantized": {"bins": 4, "truncation": 2.0},
+        "unet_weight": {"w0": 3.0, "sigma": 2.0, "class_balance": True},
+    }
+    assert extra == expected.get(mode, {})
+    assert MAP_META_KEY not in label.meta  # the label's own meta is left alone
+    plain = DistanceMap(mode, num_classes=3, spacing=2.5)(labels)  # a plain tensor: a MetaTensor with the record
+    assert read_map_record(plain).modes == (mode,)
+    assert torch.equal(read_map_record(plain).spacings, torch.tensor([[2.5, 2.5]], dtype=torch.float64))
+
+
+def test_the_sidecar_keeps_the_record_where_meta_is_dropped():
+    labels = torch.from_numpy(blob_labels((10, 9)))[None]
+    sample = DistanceMapd("label", mode="rrw", num_classes=3)({"label": labels.numpy()})
+    assert isinstance(sample["dist"], np.ndarray)  # numpy in, numpy out: no meta to carry the record
+    assert sample["dist_meta_dict"][MAP_META_KEY]["mode"] == "rrw"
+    keys = ["label", "dist"]
+    chain = Compose(
+        [
+            DistanceMapd("label", mode="penalty", num_classes=3, spacing=(0.5, 2.0)),
+            RandCropByPosNegLabeld(keys, label_key="label", spatial_size=(6, 6), num_samples=2),
+            RandFlipd(keys, prob=1.0, spatial_axis=0),
+            EnsureTyped(keys, track_meta=False),  # as the bundles end their chains
+        ]
+    )
+    batch = list_data_collate([chain({"label": MetaTensor(labels)}) for _ in range(2)])
+    assert not isinstance(batch["dist"], MetaTensor)
+    dist = with_map_record(batch["dist"], batch["dist_meta_dict"])
+    assert isinstance(dist, MetaTensor) and torch.equal(dist.as_tensor(), batch["dist"])
+    record = read_map_record(dist)
+    assert record.modes == ("penalty",) * 4  # 2 items × 2 patches
+    assert torch.equal(record.spacings, torch.tensor([[0.5, 2.0]] * 4, dtype=torch.float64))
+    recorded = MetaTensor(batch["dist"], meta={MAP_META_KEY: {"mode": "signed"}})
+    assert with_map_record(recorded, batch["dist_meta_dict"]) is recorded  # a map's own record wins
+
+
 def test_float16_output_is_close_to_float32():
     labels = torch.from_numpy(blob_labels((10, 9, 8)))[None]
     half = DistanceMap("signed", num_classes=3, dtype=torch.float16)(labels)
@@ -302,6 +355,8 @@ def test_cache_dataset_computes_once_and_crop_flip_keep_image_label_dist_aligned
             assert torch.equal(sample["dist"].as_tensor(), full_map[:, rows, cols].as_tensor())
             recomputed = DistanceMap("signed", num_classes=2)(sample["label"])  # spacing from the moved affine
             torch.testing.assert_close(sample["dist"].as_tensor(), recomputed.as_tensor())
+            assert read_map_record(sample["dist"]).modes == ("signed",)
+            assert torch.equal(read_map_record(sample["dist"]).spacings[0], torch.tensor(spacing, dtype=torch.float64))
     assert CountingDistanceMapd.calls == 3
 
 
