@@ -59,7 +59,7 @@ class CrossEntropyLoss(SegmentationLoss):
 
     ``reduction="mean"`` follows ``torch.nn.CrossEntropyLoss``: the weighted mean divides by
     :math:`\sum w_{y_i}` over the voxels that take part (ignored voxels excluded). ``"none"`` returns the
-    per-voxel loss ``(B, *spatial)`` (softmax) or ``(B, C, *spatial)`` (sigmoid).
+    per-voxel loss ``(B, *spatial)`` (softmax) or ``(B, C, *spatial)`` (sigmoid, and any single channel).
 
     Takes logits: the activation is part of the loss (``softmax=True`` unless ``sigmoid=True``).
     ``include_background=False`` removes class 0's term (softmax still over all classes).

@@ -331,7 +331,8 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
     The softmax over all ``C`` classes is part of the loss (it takes logits) and every class takes part: the
     weighting :math:`\alpha` decides what the background counts for, so there is no ``include_background``,
     ``sigmoid`` or ``other_act``. ``dist_matrix`` is required: ``C x C``, non-negative, zero diagonal, not all
-    zero; class 0 is the background. ``ignore_index``: ignored voxels take no part at all, neither in :math:`TP`
+    zero; class 0 is the background, so a single-channel input is refused (give the two-class logits
+    ``(0, x)``). ``ignore_index``: ignored voxels take no part at all, neither in :math:`TP`
     nor in :math:`\sum_i W_i` (nor in the volumes of the ``"GDL"`` weighting), as if they were cropped out.
 
     Empty classes: an absent foreground class adds nothing to :math:`TP`; probability put on it is an error costed

@@ -273,6 +273,14 @@ def test_cross_entropy_default_is_bce_with_logits():
         assert torch.allclose(expected, two_class, rtol=1e-12)
 
 
+def test_single_channel_cross_entropy_options_are_binary():
+    x, y = binary_batch()
+    per_voxel = get_loss("ce", reduction="none")(x, y)
+    assert torch.allclose(per_voxel, F.binary_cross_entropy_with_logits(x, y.double(), reduction="none"))
+    smoothed = get_loss("ce", label_smoothing=0.2)(x, y)
+    assert torch.allclose(smoothed, F.cross_entropy(two_channel(x), y[:, 0], label_smoothing=0.2), rtol=1e-12)
+
+
 def test_single_channel_cross_entropy_on_probabilities_is_binary():
     x, y = binary_batch()
     p = torch.sigmoid(x)
