@@ -154,7 +154,6 @@ def monai_sigmoid(cls: type) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 EXCLUSIVE = ["topk", "dpce", "conservative", "unified_focal", "unet_weighted_ce"]
 FOREGROUND = [
-    "generalized_dice",
     "penalty_gdl",
     "log_cosh_dice",
     "jaccard",
@@ -181,6 +180,7 @@ REFERENCE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "shape_aware": shape_aware_binary,
     "dice": monai_sigmoid(monai.losses.DiceLoss),
     "tversky": monai_sigmoid(monai.losses.TverskyLoss),
+    "generalized_dice": monai_sigmoid(monai.losses.GeneralizedDiceLoss),
     "hausdorff_dt": monai_sigmoid(monai.losses.HausdorffDTLoss),
     "dice_ce": monai_sigmoid(monai.losses.DiceCELoss),
     "dice_focal": monai_sigmoid(monai.losses.DiceFocalLoss),
