@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn.functional import logsigmoid
 
+from ._aux import checked_map
 from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, prepare
 from .registry import register
 
@@ -396,6 +397,7 @@ class DistancePenalizedCELoss(SegmentationLoss):
     """
 
     aux_keys = ("dist",)
+    map_mode = "penalty"
 
     def __init__(self, to_onehot_y: bool = False, reduction: str = "mean", ignore_index: int | None = None) -> None:
         super().__init__(True, to_onehot_y, False, True, None, reduction, ignore_index)
@@ -412,6 +414,7 @@ class DistancePenalizedCELoss(SegmentationLoss):
             )
         if not isinstance(dist, torch.Tensor):
             raise TypeError(f"dist must be a torch tensor, got {type(dist).__name__}")
+        dist, _ = checked_map(dist, "DistancePenalizedCELoss", "dist", "penalty")
         if (
             dist.ndim != logits.ndim
             or dist.shape[0] != logits.shape[0]

@@ -154,3 +154,14 @@ def test_conditional_boundary_without_features_says_how_to_supply_them():
     logits, labels, _ = anchored_case()
     with pytest.raises(ValueError, match=r"decoder features.*FeatureHook"):
         ConditionalBoundaryLoss()(logits, labels)
+
+
+def test_dpce_refuses_a_map_made_in_another_mode_and_reads_its_own():
+    x, items = labelled_batch(affine=torch.eye(4, dtype=torch.float64))
+    y = torch.stack([item.as_tensor() for item in items])
+    loss = get_loss("dpce")
+    with pytest.raises(ValueError, match=r"DistancePenalizedCELoss.*'penalty'.*'unsigned'|'unsigned'.*'penalty'"):
+        loss(x, y, dist=pipeline_maps(items, mode="unsigned")["dist"])
+    right = pipeline_maps(items, mode="penalty")["dist"]
+    value = loss(x, y, dist=right)
+    assert type(value) is torch.Tensor and torch.equal(value, loss(x, y, dist=right.as_tensor()))
