@@ -7,6 +7,7 @@ does the same thing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,29 @@ def loss_overlay(loss: str) -> Path:
     return path
 
 
-def train(bundle: str, loss: str | None, bundle_root: str | Path, **overrides: Any) -> None:
-    """Train ``bundle`` with ``loss`` (its overlay), writing models and logs under ``bundle_root``."""
+def train_folder(bundle: str, loss: str | None = None, bundle_root: str | Path | None = None) -> Path:
+    """``bundle_root``, or by default ``runs/<bundle>-<loss>`` (the bundle's ``loss_name`` when no loss is given)."""
+    if bundle_root is not None:
+        return Path(bundle_root)
+    from medseg.runs import default_run_folder
+
+    if loss is None:
+        loss = json.loads((bundle_configs(bundle) / "train.json").read_text()).get("loss_name", "default")
+    return default_run_folder(bundle, loss)
+
+
+def train(bundle: str, loss: str | None = None, bundle_root: str | Path | None = None, **overrides: Any) -> Path:
+    """Train ``bundle`` with ``loss`` (its overlay), writing models and logs under ``bundle_root``.
+
+    ``bundle_root`` defaults to :func:`train_folder`'s ``runs/<bundle>-<loss>``. The bundle locks that folder for
+    the run and resumes only a run of the same config there (``resume=False`` starts afresh): see
+    :mod:`medseg.runs`. Returns the folder.
+    """
     configs = bundle_configs(bundle)
+    root = train_folder(bundle, loss, bundle_root)
     files = [str(configs / "train.json")] + ([str(loss_overlay(loss))] if loss else [])
-    run(config_file=files, logging_file=str(configs / "logging.conf"), bundle_root=str(bundle_root), **overrides)
+    run(config_file=files, logging_file=str(configs / "logging.conf"), bundle_root=str(root), **overrides)
+    return root
 
 
 def infer(bundle: str, bundle_root: str | Path, **overrides: Any) -> None:

@@ -44,14 +44,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medseg.bundles import train
+    from medseg.bundles import train, train_folder
 
     overrides = dict(_parse_override(o) for o in args.override)
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
-    train(args.bundle, args.loss, args.bundle_root, **overrides)
+    if args.no_resume:
+        overrides["resume"] = False
+    root = train_folder(args.bundle, args.loss, args.bundle_root)
+    resume = "a rerun resumes it" if overrides.get("resume", True) else "starting afresh"
+    print(f"run folder: {root} ({resume})")
+    train(args.bundle, args.loss, root, **overrides)
     return 0
 
 
@@ -96,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("bundle", help="synapse_unet3d, synapse_transunet, cityscapes_2d or a bundle folder")
     train.add_argument("--loss", help="a loss overlay name (configs/losses/<loss>.json); default: the bundle's")
     train.add_argument("--dataset-dir")
-    train.add_argument("--bundle-root", default=".", help="where models/ and eval/ are written")
+    train.add_argument("--bundle-root", help="the run folder: models/, eval/ (default: runs/<bundle>-<loss>)")
+    train.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh in the run folder; its earlier checkpoints move to models/replaced-<time>/",
+    )
     train.add_argument("--max-epochs", type=int)
     train.add_argument("--override", nargs="*", default=[], help="config ids, e.g. batch_size=4 roi_size=[64,64,64]")
     train.set_defaults(func=_train)

@@ -1,0 +1,192 @@
+"""Training runs that survive faults: a kill during a save, broken checkpoints, two runs on one folder, a changed
+config, and a resume that continues exactly where the run stopped (synapse_unet3d at CPU size)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import run
+
+from medseg.bundles import CPU_UNET3D
+from medseg.checkpoint import epoch_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundles" / "synapse_unet3d" / "configs"
+#: 2 training cases, batch 2: one iteration per epoch; validation (2 cases) every second epoch
+SMALL = {**CPU_UNET3D, "val_interval": 2}
+
+
+def train(bundle_root: Path, dataset: Path, *overlays: str, **overrides) -> None:
+    """The bundle through ``monai.bundle.run`` (``logging_file=False`` keeps pytest's log capture)."""
+    run(
+        config_file=[str(CONFIGS / "train.json"), *(str(ROOT / "configs" / "losses" / f"{o}.json") for o in overlays)],
+        logging_file=False,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset),
+        **{**SMALL, **overrides},
+    )
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def error_chain(error: BaseException) -> str:
+    """MONAI's config parser wraps errors: the user reads the whole chain."""
+    chain = []
+    while error is not None:
+        chain.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(chain)
+
+
+def test_two_epochs_resumed_for_two_more_equal_four_uninterrupted(tmp_path, synthetic_btcv):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, synthetic_btcv, max_epochs=4)
+    train(resumed, synthetic_btcv, max_epochs=2)
+    train(resumed, synthetic_btcv, max_epochs=4)  # resumes after epoch 2: random crops and flips continue
+    a, b = (load(epoch_checkpoints(r / "models")[0]) for r in (straight, resumed))
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] == 4
+    for key in a["network"]:
+        assert torch.equal(a["network"][key], b["network"][key]), key
+    for index, moments in a["optimizer"]["state"].items():
+        assert torch.equal(moments["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
+    best_a, best_b = load(straight / "models" / "model.pt"), load(resumed / "models" / "model.pt")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+def test_resume_falls_back_past_broken_checkpoints_and_says_which_it_took(tmp_path, synthetic_btcv, caplog):
+    train(tmp_path, synthetic_btcv, max_epochs=2)
+    models = tmp_path / "models"
+    good = models / "last_checkpoint_epoch=2.pt"
+    data = good.read_bytes()
+    (models / "last_checkpoint_epoch=3.pt").write_bytes(data[: len(data) // 2])  # a save cut short
+    (models / "last_checkpoint_epoch=4.pt").write_bytes(b"")  # a file created, nothing written
+    with caplog.at_level(logging.INFO):
+        train(tmp_path, synthetic_btcv, max_epochs=3)
+    assert "skipping checkpoint" in caplog.text and "last_checkpoint_epoch=4.pt" in caplog.text
+    assert f"resuming from {good}" in caplog.text
+    resumed = load(models / "last_checkpoint_epoch=3.pt")  # rewritten whole by the resumed run
+    assert resumed["trainer"]["iteration"] == 3
+
+
+def test_a_second_run_on_a_folder_in_use_refuses_before_training(tmp_path, synthetic_btcv):
+    owner = os.getppid()  # a live process other than this one
+    start = Path(f"/proc/{owner}/stat").read_text().rsplit(")", 1)[1].split()[19] if sys.platform == "linux" else None
+    lock = {"pid": owner, "host": socket.gethostname(), "started": "2026-01-01T00:00:00", "process_start": start}
+    (tmp_path / "run.lock").write_text(json.dumps(lock))
+    with pytest.raises(Exception) as info:
+        train(tmp_path, synthetic_btcv, max_epochs=1)
+    message = error_chain(info.value)
+    assert f"RunFolderError: {tmp_path} is in use by another run (pid {owner}" in message
+    assert "--bundle-root" in message
+    assert not epoch_checkpoints(tmp_path / "models")  # nothing trained
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == owner  # the owner's lock is left alone
+
+
+def test_resume_with_another_loss_refuses_and_no_resume_moves_the_earlier_run_aside(tmp_path, synthetic_btcv):
+    train(tmp_path, synthetic_btcv, max_epochs=1)
+    first = (tmp_path / "models" / "last_checkpoint_epoch=1.pt").read_bytes()
+    with pytest.raises(Exception) as info:
+        train(tmp_path, synthetic_btcv, "dice", max_epochs=2)
+    message = error_chain(info.value)
+    assert "holds a run with another config, so it is not resumed" in message
+    assert 'loss_weights: {"ce": 0.5, "dice": 0.5} -> {"dice": 1.0}' in message
+    assert "--bundle-root" in message and "--no-resume" in message
+    assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").read_bytes() == first  # untouched
+    assert not (tmp_path / "run.lock").exists()  # the refused run let go of the folder
+
+    train(tmp_path, synthetic_btcv, "dice", max_epochs=1, resume=False)
+    (aside,) = (tmp_path / "models").glob("replaced-*")
+    assert (aside / "last_checkpoint_epoch=1.pt").read_bytes() == first
+    assert json.loads((aside / "run_config.json").read_text())["config"]["loss_weights"] == {"ce": 0.5, "dice": 0.5}
+    record = json.loads((tmp_path / "models" / "run_config.json").read_text())
+    assert record["config"]["loss_weights"] == {"dice": 1.0}
+    assert load(tmp_path / "models" / "last_checkpoint_epoch=1.pt")["trainer"]["iteration"] == 1
+
+
+#: the training subprocess: its torch.save writes half of the named checkpoint, then hangs (until it is killed)
+CHILD = """
+import io, json, os, sys, time
+import torch
+
+real_save = torch.save
+
+def save_and_hang(obj, file, *args, **kwargs):
+    name = os.path.basename(str(getattr(file, "name", file)))
+    if not name.startswith(os.environ["STALL_ON"]):
+        return real_save(obj, file, *args, **kwargs)
+    buffer = io.BytesIO()
+    real_save(obj, buffer, *args, **kwargs)
+    half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    if hasattr(file, "write"):
+        file.write(half)
+        file.flush()
+    else:
+        with open(file, "wb") as out:
+            out.write(half)
+    open(os.environ["STALLED"], "w").close()
+    time.sleep(600)
+
+torch.save = save_and_hang
+from monai.bundle import run
+run(**json.loads(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_saving_resumes_and_finishes(tmp_path, synthetic_btcv, caplog):
+    root, stalled = tmp_path / "run", tmp_path / "stalled"
+    settings = {**SMALL, "max_epochs": 3, "bundle_root": str(root), "dataset_dir": str(synthetic_btcv)}
+    args = {"config_file": str(CONFIGS / "train.json"), "logging_file": False, **settings}
+    env = {**os.environ, "STALL_ON": "last_checkpoint_epoch=2.pt", "STALLED": str(stalled)}
+    with open(tmp_path / "child.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 300
+        while not stalled.exists():
+            assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the training subprocess never reached the epoch-2 save"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)  # in the middle of writing last_checkpoint_epoch=2.pt
+    finally:
+        child.kill()
+        child.wait()
+    models = root / "models"
+    assert [p.name for p in epoch_checkpoints(models)] == ["last_checkpoint_epoch=1.pt"]  # epoch 1 kept whole
+    assert load(models / "last_checkpoint_epoch=1.pt")["trainer"]["iteration"] == 1
+    assert list(models.glob("*.partial")) and (root / "run.lock").exists()  # what the kill left
+
+    with caplog.at_level(logging.INFO):
+        run(config_file=str(CONFIGS / "train.json"), logging_file=False, **settings)
+    assert f"from pid {child.pid}, which is gone" in caplog.text
+    assert f"resuming from {models / 'last_checkpoint_epoch=1.pt'}" in caplog.text
+    final = load(epoch_checkpoints(models)[0])
+    assert final["trainer"]["iteration"] == 3
+    assert not list(models.glob("*.partial")) and not (root / "run.lock").exists()
+
+
+def test_medseg_train_writes_under_runs_bundle_loss_and_says_so(tmp_path, synthetic_btcv, monkeypatch, capsys):
+    from medseg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in SMALL.items()]
+    status = main(["train", "synapse_unet3d", "--loss", "dice", "--dataset-dir", str(synthetic_btcv),
+                   "--max-epochs", "1", "--override", *overrides])  # fmt: skip
+    assert status == 0
+    assert "run folder: runs/synapse_unet3d-dice" in capsys.readouterr().out
+    folder = tmp_path / "runs" / "synapse_unet3d-dice"
+    assert load(epoch_checkpoints(folder / "models")[0])["trainer"]["iteration"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing else in the working folder
+    shutil.rmtree(folder)
