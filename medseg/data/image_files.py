@@ -115,10 +115,13 @@ def load_image(path: str | Path, dtype: Any = np.float32) -> MetaTensor:
         raise FileNotFoundError(f"file does not exist: {path}")
     loader = LoadImage(reader=_reader(path), image_only=True, ensure_channel_first=True, dtype=dtype)
     try:
-        return loader(str(path))
+        image = loader(str(path))
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"cannot read {path}: {type(err).__name__}: {first_line}") from err
+    if image.ndim == 3 and image.affine.shape[0] == 4:  # a 2D NIfTI: give it the singleton axis its affine has
+        image = image.unsqueeze(-1)
+    return image
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,9 @@ def _nifti_geometry(path: Path) -> Geometry:
     if len(shape) > 3:  # (x, y, z, c) or nnU-Net/ITK's (x, y, z, 1, c)
         channels = int(np.prod(shape[3:]))
         shape = shape[:3]
-    zooms = tuple(float(z) for z in image.header.get_zooms()[: len(shape)])
+    shape = shape + (1,) * (3 - len(shape))  # a 2D NIfTI is an x × y × 1 volume (its affine is 3D)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    zooms = zooms + (1.0,) * (3 - len(zooms))
     return Geometry(path, shape, zooms, np.asarray(image.affine, dtype=np.float64), channels)
 
 
@@ -184,6 +189,7 @@ def _atomic_target(out_path: Path) -> Path:
 
 def _write_nifti(labels: np.ndarray, reference: Path, target: Path) -> None:
     ref = nib.load(str(reference))
+    labels = labels.reshape(ref.shape[:3])  # the reference's own spatial axes (x × y for a 2D NIfTI)
     image = nib.Nifti1Image(labels.astype(_label_dtype(labels)), ref.affine)
     header = ref.header
     image.set_qform(ref.get_qform(), code=int(header["qform_code"]))

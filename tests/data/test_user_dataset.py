@@ -99,9 +99,8 @@ def test_2d_png_dataset_is_read_as_2d(tmp_path):
     assert load_image(case.images[0]).shape == (1, *geometry.shape)
 
 
-@pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".png"])
-def test_written_prediction_has_the_reference_geometry(tmp_path, ending):
-    dims = 2 if ending == ".png" else 3
+@pytest.mark.parametrize(("ending", "dims"), [(".nii.gz", 3), (".nii.gz", 2), (".nrrd", 3), (".png", 2)])
+def test_written_prediction_has_the_reference_geometry(tmp_path, ending, dims):
     root = make_nnunet(tmp_path / "d", cases=2, test_cases=0, size=16, file_ending=ending, spatial_dims=dims)
     reference = root / "imagesTr" / f"mri_000_0000{ending}"
     labels = (load_image(root / "labelsTr" / f"mri_000{ending}")[0].numpy()).astype(np.uint8)
