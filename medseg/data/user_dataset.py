@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from .image_files import SUPPORTED_ENDINGS, Geometry, file_ending, read_geometry
+from .loading import GRID_TOLERANCE, _largest_voxel_shift
 from .splits import SPLIT_SEED, VAL_FRACTION, kfold_split, train_val_split
 
 __all__ = [
-    "AFFINE_ATOL",
     "Case",
     "UserDataset",
     "check_case",
@@ -46,9 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest difference (mm, and direction cosine × spacing) between the affines of a case's files that still counts
-#: as the same grid; headers written by different tools differ by float rounding.
-AFFINE_ATOL = 1e-3
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -348,16 +345,26 @@ def read_user_dataset(root: str | Path) -> UserDataset:
     )
 
 
-def _same_grid(a: Geometry, b: Geometry) -> bool:
-    return a.shape == b.shape and a.affine.shape == b.affine.shape and np.allclose(a.affine, b.affine, atol=AFFINE_ATOL)
+def _grid_shift(a: Geometry, b: Geometry) -> float:
+    """How far apart (mm) the two headers place one voxel of the grid, at worst (a corner)."""
+    return _largest_voxel_shift(a.affine, b.affine, a.shape)
 
 
-def _grid_error(a: Geometry, b: Geometry, what: str) -> ValueError:
+def _check_same_grid(a: Geometry, b: Geometry, what: str) -> None:
+    """The rule of :class:`~medseg.data.loading.CheckAlignedd`: same shape, voxels within 0.001 voxel spacing."""
     if a.shape != b.shape:
-        detail = f"shape {b.shape} differs from {a.shape}"
-    else:
-        detail = f"affine differs (max difference {np.abs(a.affine - b.affine).max():.4g}):\n{b.affine}\nvs\n{a.affine}"
-    return ValueError(f"{what} {b.path} does not lie on the grid of {a.path}: {detail}")
+        raise ValueError(
+            f"{what} {b.path} does not lie on the grid of {a.path}: shape {b.shape} differs from {a.shape}"
+        )
+    if a.affine.shape != b.affine.shape:
+        raise ValueError(f"{what} {b.path} and {a.path} have affines of different ranks")
+    allowed = GRID_TOLERANCE * min(a.spacing)
+    shift = _grid_shift(a, b)
+    if shift > allowed:
+        raise ValueError(
+            f"{what} {b.path} does not lie on the grid of {a.path}: their affines place a voxel {shift:.4g} mm apart "
+            f"(allowed {allowed:.3g} mm). Affine {np.round(b.affine, 4).tolist()} vs {np.round(a.affine, 4).tolist()}"
+        )
 
 
 def check_case(case: Case, dataset: UserDataset) -> Geometry:
@@ -378,14 +385,12 @@ def check_case(case: Case, dataset: UserDataset) -> Geometry:
             f"({', '.join(dataset.channel_names)})"
         )
     for geometry in geometries[1:]:
-        if not _same_grid(first, geometry):
-            raise _grid_error(first, geometry, "channel file")
+        _check_same_grid(first, geometry, "channel file")
     if case.label is not None:
         label = read_geometry(case.label)
         if label.channels != 1:
             raise ValueError(f"label file {case.label} has {label.channels} channels; expected one label map")
-        if not _same_grid(first, label):
-            raise _grid_error(first, label, "label file")
+        _check_same_grid(first, label, "label file")
     return first
 
 
