@@ -167,7 +167,9 @@ def test_multi_gpu_config_trains_with_two_gloo_processes_on_cpu(tmp_path, synthe
     import sys
 
     overrides = []
-    for key, value in {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(synthetic_btcv)}.items():
+    # 2 validation cases, one per rank (DistributedSampler cannot share one case between 2 ranks), 1 training case
+    settings = {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(synthetic_btcv), "val_fraction": 0.6}
+    for key, value in settings.items():
         overrides += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
@@ -176,4 +178,4 @@ def test_multi_gpu_config_trains_with_two_gloo_processes_on_cpu(tmp_path, synthe
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = last_checkpoint(tmp_path)  # written by rank 0 only
     assert ckpt["trainer"]["epoch"] == 1
-    assert ckpt["trainer"]["epoch_length"] == 1  # 2 training cases shared by 2 ranks: one batch each
+    assert ckpt["trainer"]["epoch_length"] == 1  # the training case padded to 2 ranks: one batch each
