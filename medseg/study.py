@@ -1,15 +1,18 @@
 """The loss-comparison study: a grid of bundle trainings, their metrics in one table, the survey's tables and plots.
 
 The grid is {bundle} × {loss} × {hyperparameter setting} × {seed} (Azad et al., "Loss Functions in the Era of
-Semantic Segmentation: A Survey and Outlook", 2023, Section 5). Each run trains a MONAI bundle with a loss
-overlay (:func:`medseg.bundles.train`), predicts the test cases (:func:`medseg.bundles.infer`) and scores them
-per case and structure (:mod:`medseg.metrics`), all in its own folder::
+Semantic Segmentation: A Survey and Outlook", 2023, Section 5). The protocol (``with-ce`` or ``alone``) decides
+whether a loss is trained as 0.5·CE + 0.5·loss (overlay ``configs/losses/ce+<loss>.json``) or alone
+(``<loss>.json``); every folder, table row and legend carries the overlay's name, so it says what was optimised.
+Each run trains a MONAI bundle with its overlay (:func:`medseg.bundles.train`), predicts the test cases
+(:func:`medseg.bundles.infer`) and scores them per case and structure (:mod:`medseg.metrics`), all in its own
+folder::
 
-    <out>/runs/<bundle>/<loss>/<setting>/seed<k>/
+    <out>/runs/<bundle>/<overlay>/<setting>/seed<k>/
         models/ eval/ predictions/    the bundle's checkpoints, TensorBoard events, test predictions
         curves.csv                    train loss per iteration, validation Dice/HD95 per epoch (from TensorBoard)
         test_metrics.csv              one row per test case and structure
-        done.json                     written last: the run finished (its spec and summary metrics)
+        done.json                     written last: the run finished (its spec, loss weights, summary metrics)
 
 A folder without ``done.json`` was interrupted: it is deleted and the run redone from scratch (the bundle's own
 resume is switched off), so every finished run comes from one uninterrupted training. ``<out>/tables`` receives
@@ -32,26 +35,73 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medseg.bundles import CPU_UNET3D
+from medseg.bundles import CPU_UNET3D, LOSS_OVERLAYS, bundle_configs, loss_overlay
+from medseg.metrics.stats import mean_std_n, to_markdown
 
 __all__ = [
     "ADAPTERS",
     "PRESETS",
+    "PROTOCOLS",
     "BundleAdapter",
     "Grid",
     "RunSpec",
     "collect",
     "main",
+    "objective",
+    "overlay_name",
     "plot_all",
     "run_grid",
     "survey_tables",
+    "trained_weights",
     "write_tables",
 ]
 
-#: The losses of the survey's hyperparameter study (its Table 5).
+#: The losses of the survey's hyperparameter study (its Table 5), alone or with CE.
 HYPERPARAMETER_LOSSES = ("focal", "tversky", "focal_tversky")
 #: Config ids the inference config shares with the training config (the network and the preprocessing).
 _INFERENCE_IDS = ("roi_size", "pixdim", "hu_window", "num_classes")
+#: ``--protocol``: ``with-ce`` trains each loss as 0.5·CE + 0.5·loss (``ce+<loss>.json``; a loss that holds CE
+#: already has no such overlay and runs alone), ``alone`` trains ``<loss>.json``. The first is the default.
+PROTOCOLS = ("with-ce", "alone")
+#: The prefix of the overlays that add 0.5·CE (scripts/make_loss_configs.py writes them).
+WITH_CE = "ce+"
+
+
+def overlay_name(loss: str, protocol: str) -> str:
+    """The overlay that trains ``loss`` under ``protocol``.
+
+    ``with-ce``: ``ce+<loss>`` where that overlay exists, else ``<loss>`` (it holds CE already: ``ce``, ``dice_ce``,
+    ``combo``, ``exp_log``, ``unified_focal``); ``alone``: ``<loss>``. A name given as ``ce+<loss>`` is kept.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "with-ce" and not loss.startswith(WITH_CE) and (LOSS_OVERLAYS / f"{WITH_CE}{loss}.json").is_file():
+        return WITH_CE + loss
+    return loss
+
+
+def base_loss(overlay: str) -> str:
+    """The loss an overlay name is about: ``ce+focal`` → ``focal``."""
+    return overlay.removeprefix(WITH_CE)
+
+
+def trained_weights(bundle: str, overlay: str, overrides: Mapping[str, Any]) -> dict[str, float]:
+    """The ``loss_weights`` a run of ``bundle`` with ``overlay`` and config ``overrides`` trains with, read by MONAI's
+    parser from the same files and overrides :func:`medseg.bundles.train` uses."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_configs(bundle) / "train.json"), str(loss_overlay(overlay))])
+    parser.update(dict(overrides))
+    return {str(k): float(v) for k, v in parser.get_parsed_content("loss_weights").items()}
+
+
+def objective(weights: Mapping[str, float]) -> str:
+    """What a run optimised, e.g. ``0.5·ce + 0.5·dice``, or ``dice`` for one loss of weight 1."""
+    terms = [(name, weight) for name, weight in weights.items() if weight != 0]
+    if len(terms) == 1 and terms[0][1] == 1:
+        return terms[0][0]
+    return " + ".join(f"{weight:g}·{name}" for name, weight in terms)
 
 
 @dataclass(frozen=True)
@@ -90,14 +140,15 @@ class Grid:
 
     Args:
         bundles: bundle names (keys of :data:`ADAPTERS`).
-        losses: loss overlay names (``configs/losses/<loss>.json``).
+        losses: loss names (``focal``) or overlay names (``ce+focal``, ``configs/losses/<name>.json``).
         seeds: training seeds (the bundle's ``seed``: weights, sampling and augmentation).
         settings: loss → hyperparameter settings, each a dict of MONAI config ids → values, e.g.
             ``{"loss_kwargs#focal#gamma": 1.0}``; ``{}`` is the overlay's own values. A loss not listed runs
-            once with ``{}``. Its first setting is its main one (Table 3, the plots).
+            once with ``{}``. Its first setting is its main one (Table 3, the plots). Keys are loss or overlay names.
         overrides: bundle → config overrides applied to every run of it (epochs, patch size, network width).
         datasets: bundle → dataset folder; a bundle not listed gets synthetic data under ``<out>/data``.
         synthetic: keyword arguments of the adapter's synthetic-data writer (cases, size, seed).
+        protocol: ``with-ce`` (each loss as 0.5·CE + 0.5·loss) or ``alone``: :func:`overlay_name`.
     """
 
     bundles: Sequence[str]
@@ -107,36 +158,60 @@ class Grid:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     datasets: Mapping[str, str | Path] = field(default_factory=dict)
     synthetic: Mapping[str, Any] = field(default_factory=dict)
+    protocol: str = PROTOCOLS[0]
+
+    def overlays(self) -> dict[str, str]:
+        """Each loss of the grid → the overlay it trains under the protocol (checked to exist and to be unique)."""
+        overlays = {loss: overlay_name(loss, self.protocol) for loss in self.losses}
+        for name in dict.fromkeys(overlays.values()):
+            loss_overlay(name)  # a clear error naming the available overlays
+            twins = [loss for loss, overlay in overlays.items() if overlay == name]
+            if len(twins) > 1:
+                raise ValueError(f"losses {twins} all train {name} under --protocol {self.protocol}: list it once")
+        return overlays
+
+    def settings_of(self, loss: str) -> list[Mapping[str, Any]]:
+        """The settings of ``loss`` (a loss or an overlay name of the grid); ``[{}]`` when none are given."""
+        names = {loss} | {given for given, overlay in self.overlays().items() if overlay == loss}
+        names |= {overlay_name(loss, self.protocol)}
+        found = [name for name in sorted(names) if self.settings.get(name)]
+        if len(found) > 1:
+            raise ValueError(f"settings given under both {found}, which name one run: give them once")
+        return list(self.settings[found[0]]) if found else [{}]
 
     def runs(self) -> list[RunSpec]:
         unknown = sorted(set(self.bundles) - set(ADAPTERS))
         if unknown:
             raise ValueError(f"no study adapter for bundle(s) {unknown}; known: {sorted(ADAPTERS)}")
-        stray = sorted(set(self.settings) - set(self.losses))
-        if stray:
-            raise ValueError(
-                f"settings given for loss(es) {stray} that are not in the grid's losses {list(self.losses)}"
-            )
         if not self.losses or not self.seeds:
             raise ValueError(
                 f"the grid needs at least one loss and one seed, got {list(self.losses)}, {list(self.seeds)}"
             )
-        for loss, settings in self.settings.items():
-            names = [RunSpec("", loss, tuple(sorted(s.items())), 0).setting_name for s in settings]
+        overlays = self.overlays()
+        stray = sorted(set(self.settings) - set(overlays) - set(overlays.values()))
+        if stray:
+            raise ValueError(
+                f"settings given for loss(es) {stray} that are not in the grid's losses {list(self.losses)}"
+            )
+        for loss in overlays.values():
+            names = [RunSpec("", loss, tuple(sorted(s.items())), 0).setting_name for s in self.settings_of(loss)]
             if len(set(names)) < len(names):
                 raise ValueError(f"loss {loss} has the same setting twice: {names}")
         return [
-            RunSpec(bundle, loss, tuple(sorted(setting.items())), int(seed))
+            RunSpec(bundle, overlay, tuple(sorted(setting.items())), int(seed))
             for bundle in self.bundles
-            for loss in self.losses
-            for setting in (self.settings.get(loss) or [{}])
+            for overlay in overlays.values()
+            for setting in self.settings_of(overlay)
             for seed in self.seeds
         ]
 
     def main_setting(self, loss: str) -> str:
         """The setting name of ``loss``'s first setting (the one Table 3 and the plots show)."""
-        first = (self.settings.get(loss) or [{}])[0]
-        return RunSpec("", loss, tuple(sorted(first.items())), 0).setting_name
+        return RunSpec("", loss, tuple(sorted(self.settings_of(loss)[0].items())), 0).setting_name
+
+    def main_settings(self) -> dict[str, str]:
+        """Overlay name → its main setting name, for :func:`survey_tables` and the plots."""
+        return {overlay: self.main_setting(overlay) for overlay in self.overlays().values()}
 
 
 # --- bundles: how to get data for them and how to score their predictions -------------------------------------
@@ -152,14 +227,24 @@ class BundleAdapter:
         make_synthetic: writes synthetic data in the bundle's layout into a folder, returns the dataset folder.
         score: (run folder, dataset folder, inference overrides) → one row per test case and structure with
             ``case``, ``structure``, ``dice``, ``hd95`` in mm (Synapse) or ``iou`` (Cityscapes).
-        overlay: (run folder, dataset folder, case) → image, reference and prediction slices (2D) for the figures.
+        overlay: (run folder, dataset folder, case) → image, reference and prediction slices (2D) for the figures,
+            and which slice they are (``test case img0007, axial slice 12``).
+        classes: () → label value of the overlay slices → (class name, RGB in [0, 1]): the figures' colour key.
+        unlabelled: the label value the figures leave undrawn (background, or Cityscapes' ignored 255).
     """
 
     network: str
     dataset: str
     make_synthetic: Callable[..., Path]
     score: Callable[[Path, Path, Mapping[str, Any]], pd.DataFrame]
-    overlay: Callable[[Path, Path, str], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    overlay: Callable[[Path, Path, str], tuple[np.ndarray, np.ndarray, np.ndarray, str]]
+    classes: Callable[[], dict[int, tuple[str, tuple[float, float, float]]]]
+    unlabelled: int = 0
+
+    @property
+    def score_column(self) -> str:
+        """The per-structure score the box plot shows: ``dice`` per case (Synapse), ``iou`` per class (Cityscapes)."""
+        return "iou" if self.dataset == "cityscapes" else "dice"
 
 
 def _make_synthetic_btcv(root: Path, cases: int = 6, size: int = 48, seed: int = 0) -> Path:
@@ -211,15 +296,25 @@ def _score_btcv(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, Any]) 
     return table[["case", "structure", "dice", "hd95_mm"]].rename(columns={"hd95_mm": "hd95"})
 
 
-def _overlay_btcv(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The axial slice of ``case`` with the most reference organ voxels: CT, reference, prediction."""
+def _overlay_btcv(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The axial slice of ``case`` with the most reference organ voxels: CT, reference, prediction, which slice."""
     import nibabel as nib
 
     entry = _btcv_test_cases(dataset_dir)[case]
     pred, ref, _ = _btcv_pair(run_dir, entry, case)
     image = np.asarray(nib.load(entry["image"]).dataobj, dtype=np.float32)
     z = int(np.argmax((ref > 0).sum(axis=(0, 1))))
-    return image[..., z].T, ref[..., z].T, pred[..., z].T
+    return image[..., z].T, ref[..., z].T, pred[..., z].T, f"test case {case}, axial slice {z}"
+
+
+def _synapse_classes() -> dict[int, tuple[str, tuple[float, float, float]]]:
+    """The 8 Synapse organs (default BTCV mapping) in matplotlib's ``tab10`` colours without its grey (unseen on CT)."""
+    from matplotlib import colormaps
+
+    from medseg.data.synapse import synapse_organ_names
+
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
+    return {value: (name, tuple(palette[(value - 1) % 9])) for value, name in synapse_organ_names().items()}
 
 
 #: CPU size of cityscapes_2d for the study: 128 × 64 frames resized to 64 × 128, 64² crops and windows, a 3-level
@@ -298,9 +393,9 @@ def _score_cityscapes(run_dir: Path, dataset_dir: Path, overrides: Mapping[str, 
     return pd.DataFrame(rows, columns=["case", "structure", "iou"])
 
 
-def _overlay_cityscapes(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _overlay_cityscapes(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Val image ``case`` (else the first): RGB frame, reference and prediction trainIds (rows flipped for
-    ``origin="lower"``)."""
+    ``origin="lower"``), which image."""
     from PIL import Image
 
     from medseg.data import labelids_to_trainids
@@ -310,14 +405,33 @@ def _overlay_cityscapes(run_dir: Path, dataset_dir: Path, case: str) -> tuple[np
     pred, ref = _cityscapes_pair(run_dir, entry)
     image = np.asarray(Image.open(entry["image"]).convert("RGB"))
     ref_train, pred_train = (labelids_to_trainids(a, str(entry["label"])) for a in (ref, pred))
-    return image[::-1], ref_train[::-1], pred_train[::-1]
+    return image[::-1], ref_train[::-1], pred_train[::-1], f"val image {entry['name']}"
+
+
+def _cityscapes_classes() -> dict[int, tuple[str, tuple[float, float, float]]]:
+    """The 19 evaluated trainIds in the official Cityscapes colours (``cityscapesscripts`` label table)."""
+    from medseg.data.cityscapes import CITYSCAPES_LABELS, IGNORE_INDEX
+
+    return {
+        label.train_id: (label.name, tuple(c / 255 for c in label.color))
+        for label in CITYSCAPES_LABELS
+        if 0 <= label.id and label.train_id != IGNORE_INDEX
+    }
 
 
 #: Bundle name → how the study runs it. synapse_transunet is to be added once its inference config is settled.
 ADAPTERS: dict[str, BundleAdapter] = {
-    "synapse_unet3d": BundleAdapter("UNet 3D", "synapse", _make_synthetic_btcv, _score_btcv, _overlay_btcv),
+    "synapse_unet3d": BundleAdapter(
+        "UNet 3D", "synapse", _make_synthetic_btcv, _score_btcv, _overlay_btcv, _synapse_classes, unlabelled=0
+    ),
     "cityscapes_2d": BundleAdapter(
-        "UNet 2D", "cityscapes", _make_synthetic_cityscapes, _score_cityscapes, _overlay_cityscapes
+        "UNet 2D",
+        "cityscapes",
+        _make_synthetic_cityscapes,
+        _score_cityscapes,
+        _overlay_cityscapes,
+        _cityscapes_classes,
+        unlabelled=255,
     ),
 }
 
@@ -325,9 +439,14 @@ ADAPTERS: dict[str, BundleAdapter] = {
 # --- running ----------------------------------------------------------------------------------------------------
 
 
-def run_status(folder: Path) -> str:
-    """``done`` (has ``done.json``), ``interrupted`` (exists without it) or ``todo``."""
-    if (folder / "done.json").is_file():
+def run_status(folder: Path, weights: Mapping[str, float] | None = None) -> str:
+    """``done`` (has ``done.json``), ``interrupted`` (exists without it) or ``todo``; with the loss ``weights`` the
+    run should train, ``stale`` when its ``done.json`` records other weights, or none (written before overlay names
+    said what they train, when ``dice.json`` meant 0.5·CE + 0.5·Dice)."""
+    done = folder / "done.json"
+    if done.is_file():
+        if weights is not None and json.loads(done.read_text()).get("loss_weights") != dict(weights):
+            return "stale"
         return "done"
     return "interrupted" if folder.exists() else "todo"
 
@@ -348,10 +467,22 @@ def read_curves(event_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tag", "step", "value"])
 
 
-def run_one(spec: RunSpec, folder: Path, dataset_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Train, predict, score ``spec`` from scratch in ``folder``; write ``done.json`` last and return it."""
+def run_one(
+    spec: RunSpec,
+    folder: Path,
+    dataset_dir: Path,
+    overrides: Mapping[str, Any],
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Train, predict, score ``spec`` from scratch in ``folder``; write ``done.json`` last and return it.
+
+    ``done.json`` records the loss ``weights`` trained (default: :func:`trained_weights`) and their
+    :func:`objective`, so that a later invocation can tell a finished run from one its overlay no longer describes.
+    """
     from medseg.bundles import train
 
+    config = {**overrides, **dict(spec.setting)}
+    weights = dict(weights) if weights is not None else trained_weights(spec.bundle, spec.loss, config)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -363,7 +494,7 @@ def run_one(spec: RunSpec, folder: Path, dataset_dir: Path, overrides: Mapping[s
         dataset_dir=str(dataset_dir),
         resume=False,
         seed=spec.seed,
-        **{**overrides, **dict(spec.setting)},
+        **config,
     )
     curves = read_curves(folder / "eval")
     curves.to_csv(folder / "curves.csv", index=False)
@@ -373,6 +504,8 @@ def run_one(spec: RunSpec, folder: Path, dataset_dir: Path, overrides: Mapping[s
     last_val = validation.groupby("tag").value.last().to_dict()
     summary = {
         **spec.describe(),
+        "loss_weights": weights,
+        "optimises": objective(weights),
         "setting_overrides": dict(spec.setting),
         "overrides": dict(overrides),
         "seconds": round(time.perf_counter() - start, 2),
@@ -399,27 +532,50 @@ def dataset_for(grid: Grid, bundle: str, out: Path) -> Path:
 
 
 def run_grid(grid: Grid, out: str | Path, dry_run: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run every run of ``grid`` not finished yet; returns the plan (one row per run with ``status``, ``action``).
+    """Run every run of ``grid`` not finished yet; returns the plan (one row per run with ``optimises``,
+    ``status``, ``action``).
 
-    ``action`` is ``skip`` (finished before), ``run`` (new) or ``redo`` (interrupted: deleted and rerun).
-    With ``dry_run`` nothing is written or trained.
+    ``optimises`` is what the run trains (:func:`objective` of its loss weights). ``action`` is ``skip``
+    (finished before), ``run`` (new), ``redo`` (interrupted: deleted and rerun) or ``refuse`` (``stale``: finished
+    with other loss weights than its overlay now gives). With ``dry_run`` nothing is written or trained; otherwise
+    a stale run raises before anything is trained, naming its folder.
     """
     out = Path(out)
+    specs = grid.runs()
+    weights = [
+        trained_weights(spec.bundle, spec.loss, {**grid.overrides.get(spec.bundle, {}), **dict(spec.setting)})
+        for spec in specs
+    ]
     rows = []
-    for spec in grid.runs():
+    for spec, trains in zip(specs, weights, strict=True):
         folder = spec.folder(out)
-        status = run_status(folder)
-        action = {"done": "skip", "interrupted": "redo", "todo": "run"}[status]
-        rows.append({**spec.describe(), "status": status, "action": action, "folder": str(folder)})
+        status = run_status(folder, trains)
+        action = {"done": "skip", "interrupted": "redo", "todo": "run", "stale": "refuse"}[status]
+        row = {**spec.describe(), "optimises": objective(trains), "status": status, "action": action}
+        rows.append(row | {"folder": str(folder)})
     plan = pd.DataFrame(rows)
     if dry_run:
         return plan
-    for index, spec in enumerate(grid.runs()):
+    stale = plan[plan.status == "stale"]
+    if not stale.empty:
+        lines = [
+            f"  {row.folder}: done.json records "
+            f"{json.loads((Path(row.folder) / 'done.json').read_text()).get('loss_weights', 'no loss weights')}, "
+            f"configs/losses/{row.loss}.json now trains {row.optimises}"
+            for row in stale.itertuples()
+        ]
+        raise ValueError(
+            "finished runs that their overlay no longer describes (runs from before overlays were named by what "
+            "they train record no weights: dice.json then meant 0.5·CE + 0.5·Dice, now ce+dice.json):\n"
+            + "\n".join(lines)
+            + "\nmove or delete these folders and run again; nothing was trained or deleted"
+        )
+    for index, spec in enumerate(specs):
         if plan.at[index, "action"] == "skip":
             continue
-        log(f"[{index + 1}/{len(plan)}] {plan.at[index, 'action']}: {spec.folder(out)}")
+        log(f"[{index + 1}/{len(plan)}] {plan.at[index, 'action']} ({plan.at[index, 'optimises']}): {spec.folder(out)}")
         dataset = dataset_for(grid, spec.bundle, out)
-        run_one(spec, spec.folder(out), dataset, grid.overrides.get(spec.bundle, {}))
+        run_one(spec, spec.folder(out), dataset, grid.overrides.get(spec.bundle, {}), weights[index])
     return plan
 
 
@@ -432,19 +588,30 @@ def collect(out: str | Path) -> pd.DataFrame:
     One row per run, split and structure: ``split`` is ``test`` (one row per case and structure, ``dice`` and
     ``hd95`` in mm from the inference) or ``validation`` (``case``/``structure`` ``mean``: the last validation
     epoch's mean Dice over cases and organs, ``hd95`` in voxels of the resampled grid: MONAI's handler).
-    Columns: ``bundle, network, dataset, loss, setting, seed, split, case, structure, dice, hd95`` (+ ``iou``).
+    Columns: ``bundle, network, dataset, loss, optimises, setting, seed, split, case, structure, dice, hd95``
+    (+ ``iou``); ``loss`` is the overlay's name, ``optimises`` its weighted terms (``0.5·ce + 0.5·dice``).
+
+    Raises:
+        ValueError: a ``done.json`` records no loss weights (a run from before overlay names said what they train).
     """
     frames = []
     for done in sorted(Path(out).glob("runs/*/*/*/seed*/done.json")):
         summary = json.loads(done.read_text())
+        if "optimises" not in summary:
+            raise ValueError(
+                f"{done} records no loss weights: the run was made before overlays were named by what they train "
+                "(dice.json then meant 0.5·CE + 0.5·Dice, now ce+dice.json); move its folder out of "
+                f"{Path(out) / 'runs'} or delete it and run the study again"
+            )
         adapter = ADAPTERS[summary["bundle"]]
-        keys = {k: summary[k] for k in ("bundle", "loss", "setting", "seed")}
+        keys = {k: summary[k] for k in ("bundle", "loss", "optimises", "setting", "seed")}
         keys |= {"network": adapter.network, "dataset": adapter.dataset}
         test = pd.read_csv(done.parent / "test_metrics.csv").assign(split="test", **keys)
         validation = pd.DataFrame([{"split": "validation", "case": "mean", "structure": "mean", **keys}])
         validation = validation.assign(dice=summary["val_mean_dice"], hd95=summary["val_hd95_voxels"])
         frames += [test, validation]
-    columns = ["bundle", "network", "dataset", "loss", "setting", "seed", "split", "case", "structure", "dice", "hd95"]
+    columns = ["bundle", "network", "dataset", "loss", "optimises", "setting", "seed", "split", "case", "structure"]
+    columns += ["dice", "hd95"]
     if not frames:
         return pd.DataFrame(columns=columns)
     table = pd.concat(frames, ignore_index=True)
@@ -458,58 +625,85 @@ def _per_run_case(test: pd.DataFrame) -> pd.DataFrame:
 
 
 def survey_tables(metrics: pd.DataFrame, main_settings: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
-    """The survey's tables from :func:`collect`'s table (test split; Dice in %, HD95 in mm).
+    """The survey's tables from :func:`collect`'s table (test split; Dice in %, HD95 in mm), indexed by network and
+    loss (the overlay trained, e.g. ``ce+dice``).
 
-    - ``table3_synapse``: per network and loss (its main setting), mean DSC and HD95 and per-organ DSC and HD95;
-      means over cases and seeds of the case's value (organs averaged within a case first for the means).
-    - ``table4_cityscapes``: per network and loss, mIoU (%) — only when Cityscapes runs with ``iou`` exist.
-    - ``table5_hyperparameters``: per network, loss (focal, Tversky, focal Tversky) and setting: DSC and HD95
-      mean ± standard deviation over seeds.
+    - ``table3_synapse``: per network and loss (its main setting): ``seeds`` and test ``cases`` averaged, mean DSC
+      and HD95 (organs averaged within a case, then cases, then seeds) with their ``std`` over seeds, and per-organ
+      DSC and HD95 (means over cases and seeds).
+    - ``table4_cityscapes``: per network and loss (its main setting): ``seeds``, mIoU (%) and its std over seeds —
+      only when Cityscapes runs with ``iou`` exist.
+    - ``table5_hyperparameters``: per network, loss (focal, Tversky, focal Tversky, alone or with CE) and setting:
+      ``seeds``, DSC and HD95 mean and std over seeds.
 
-    ``main_settings`` maps a loss to the setting name Table 3 uses (default: ``default``).
+    A std is the sample standard deviation (ddof 1) of the per-seed values: NaN (empty in CSV, ``–`` in markdown)
+    with one seed, never 0.0. ``main_settings`` maps a loss to the setting name Tables 3 and 4 use (default:
+    ``default``).
     """
     test = metrics[metrics.split == "test"]
     main_settings = main_settings or {}
+    main = test[test.setting == test.loss.map(lambda loss: main_settings.get(loss, "default"))]
     tables: dict[str, pd.DataFrame] = {}
-    synapse = test[test.dataset == "synapse"]
-    main = synapse[synapse.setting == synapse.loss.map(lambda loss: main_settings.get(loss, "default"))]
-    if not main.empty:
-        per_case = _per_run_case(main)
-        overall = per_case.groupby(["network", "loss"], sort=False)[["dice", "hd95"]].mean()
-        overall = overall.rename(columns={"dice": "DSC", "hd95": "HD95"})
-        organs = main.groupby(["network", "loss", "structure"], sort=False)[["dice", "hd95"]].mean().unstack()
-        order = list(dict.fromkeys(main.structure))
-        organ_columns = {f"{s} DSC": organs[("dice", s)] for s in order} | {
+    synapse = main[main.dataset == "synapse"]
+    if not synapse.empty:
+        per_case = _per_run_case(synapse)
+        per_seed = per_case.groupby(["network", "loss", "seed"], sort=False)[["dice", "hd95"]].mean().reset_index()
+        per_seed["dice"] *= 100
+        overall = mean_std_n(per_seed, ["network", "loss"], ["dice", "hd95"])
+        cases = per_case.groupby(["network", "loss"], sort=False).case.nunique()
+        overall.insert(1, "cases", cases)
+        overall = overall.rename(columns={"n": "seeds", "dice": "DSC", "dice std": "DSC std"})
+        overall = overall.rename(columns={"hd95": "HD95", "hd95 std": "HD95 std"})
+        organs = synapse.groupby(["network", "loss", "structure"], sort=False)[["dice", "hd95"]].mean().unstack()
+        order = list(dict.fromkeys(synapse.structure))
+        organ_columns = {f"{s} DSC": 100 * organs[("dice", s)] for s in order} | {
             f"{s} HD95": organs[("hd95", s)] for s in order
         }
-        table = pd.concat([overall, pd.DataFrame(organ_columns)], axis=1)
-        dice_columns = ["DSC"] + [f"{s} DSC" for s in order]
-        table[dice_columns] *= 100
-        tables["table3_synapse"] = table
-    cityscapes = test[test.dataset == "cityscapes"]
+        tables["table3_synapse"] = pd.concat([overall, pd.DataFrame(organ_columns)], axis=1)
+    cityscapes = main[main.dataset == "cityscapes"]
     if not cityscapes.empty and "iou" in cityscapes:
-        per_run = cityscapes.groupby(["network", "loss", "seed"], sort=False).iou.mean()
-        tables["table4_cityscapes"] = (per_run.groupby(["network", "loss"], sort=False).mean() * 100).to_frame("mIoU")
-    study = synapse[synapse.loss.isin(HYPERPARAMETER_LOSSES)]
+        per_seed = cityscapes.groupby(["network", "loss", "seed"], sort=False).iou.mean().reset_index()
+        per_seed["iou"] *= 100
+        table = mean_std_n(per_seed, ["network", "loss"], ["iou"])
+        tables["table4_cityscapes"] = table.rename(columns={"n": "seeds", "iou": "mIoU", "iou std": "mIoU std"})
+    study = test[(test.dataset == "synapse") & test.loss.map(base_loss).isin(HYPERPARAMETER_LOSSES)]
     if not study.empty:
-        per_seed = study.groupby(["network", "loss", "setting", "seed"], sort=False)[["dice", "hd95"]].mean()
+        keys = ["network", "loss", "setting"]
+        per_seed = study.groupby([*keys, "seed"], sort=False)[["dice", "hd95"]].mean().reset_index()
         per_seed["dice"] *= 100
-        grouped = per_seed.groupby(["network", "loss", "setting"], sort=False)
-        table = grouped.mean().rename(columns={"dice": "DSC", "hd95": "HD95"})
-        spread = grouped.std(ddof=0).rename(columns={"dice": "DSC std", "hd95": "HD95 std"})
-        tables["table5_hyperparameters"] = pd.concat([table, spread], axis=1)[["DSC", "DSC std", "HD95", "HD95 std"]]
+        table = mean_std_n(per_seed, keys, ["dice", "hd95"]).rename(columns={"n": "seeds"})
+        table = table.rename(columns={"dice": "DSC", "dice std": "DSC std", "hd95": "HD95", "hd95 std": "HD95 std"})
+        tables["table5_hyperparameters"] = table
     return tables
 
 
+#: What each table's numbers are, written under its markdown.
+TABLE_NOTES = {
+    "table3_synapse": "Test cases, each loss's main setting. DSC (%) and HD95 (mm): organs averaged within a case, "
+    "then cases, then seeds; organ columns: means over cases and seeds.",
+    "table4_cityscapes": "Val images, each loss's main setting. mIoU (%): the official dataset-level mIoU of each "
+    "run, averaged over seeds.",
+    "table5_hyperparameters": "Test cases. DSC (%) and HD95 (mm): mean over cases and organs per seed, then over "
+    "seeds.",
+}
+#: Written under every markdown table.
+COMMON_NOTE = (
+    "loss: the overlay trained (`ce+X` = 0.5·CE + 0.5·X; `X` = X alone). seeds: runs averaged. std: sample "
+    "standard deviation over seeds, – with one seed."
+)
+
+
 def write_tables(metrics: pd.DataFrame, tables: Mapping[str, pd.DataFrame], folder: str | Path) -> list[Path]:
-    """``metrics.csv`` (the whole table) and each survey table as ``<name>.csv`` and ``<name>.md``."""
+    """``metrics.csv`` (the whole table) and each survey table as ``<name>.csv`` (a missing std is an empty cell)
+    and ``<name>.md`` (shown as ``–``, with a note of what the numbers are)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metrics.to_csv(folder / "metrics.csv", index=False)
     written = [folder / "metrics.csv"]
     for name, table in tables.items():
         table.to_csv(folder / f"{name}.csv")
-        (folder / f"{name}.md").write_text(table.reset_index().to_markdown(index=False, floatfmt=".2f") + "\n")
+        note = " ".join(filter(None, (TABLE_NOTES.get(name), COMMON_NOTE)))
+        (folder / f"{name}.md").write_text(to_markdown(table) + f"\n\n{note}\n")
         written += [folder / f"{name}.csv", folder / f"{name}.md"]
     return written
 
@@ -517,23 +711,38 @@ def write_tables(metrics: pd.DataFrame, tables: Mapping[str, pd.DataFrame], fold
 # --- plots ------------------------------------------------------------------------------------------------------
 
 
-def _figure(columns: int, rows: int = 1, size: float = 4.0):
+def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(size * columns, size * rows), layout="constrained")
-    return figure, figure.subplots(rows, columns, squeeze=False)
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def _save(figure: Any, path: Path) -> Path:
+    """PNG at 100 dpi; ``bbox_inches="tight"`` grows the canvas to every title and legend (nothing is cut off)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
+def _title(text: str, width_inches: float) -> str:
+    """``text`` wrapped to about the figure's width (11 characters an inch at the default title size)."""
+    import textwrap
+
+    return textwrap.fill(text, width=max(30, int(11 * width_inches)))
+
+
+def _line_style(index: int) -> dict[str, Any]:
+    """The ``index``-th loss's colour (``tab10``) and line style: neighbours differ in both, so lines that lie on
+    top of each other stay distinguishable."""
+    from matplotlib import colormaps
+
+    return {"color": colormaps["tab10"].colors[index % 10], "linestyle": ("-", "--", "-.", ":")[index % 4]}
+
+
 def _main_runs(out: Path, grid: Grid, bundle: str) -> dict[str, list[Path]]:
-    """Loss → the finished run folders of its main setting, one per seed."""
+    """Loss (overlay name) → the finished run folders of its main setting, one per seed."""
     runs: dict[str, list[Path]] = {}
     for spec in grid.runs():
         if spec.bundle == bundle and spec.setting_name == grid.main_setting(spec.loss):
@@ -542,63 +751,115 @@ def _main_runs(out: Path, grid: Grid, bundle: str) -> dict[str, list[Path]]:
     return runs
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
 def plot_curves(out: Path, grid: Grid, bundle: str, path: Path) -> Path:
-    """Training loss per iteration and validation mean Dice per epoch, one line per loss (mean over seeds)."""
-    figure, axes = _figure(2)
-    for loss, folders in _main_runs(out, grid, bundle).items():
+    """Training loss per iteration and validation mean Dice per epoch, one line per loss (its main setting, mean
+    over seeds), each loss in its own colour and line style, keyed in one legend with its number of seeds."""
+    figure = _figure(11.0, 4.0)
+    axes = figure.subplots(1, 2)
+    for index, (loss, folders) in enumerate(_main_runs(out, grid, bundle).items()):
         curves = pd.concat([pd.read_csv(f / "curves.csv") for f in folders])
-        for axis, tag in zip(axes[0], ("train_loss", "val_mean_dice"), strict=True):
+        for axis, tag in zip(axes, ("train_loss", "val_mean_dice"), strict=True):
             line = curves[curves.tag == tag].groupby("step").value.mean()
-            axis.plot(line.index, line.to_numpy(), marker="." if tag != "train_loss" else None, label=loss)
-    axes[0, 0].set(title=f"{bundle}: training loss", xlabel="iteration", ylabel="loss")
-    axes[0, 1].set(title=f"{bundle}: validation", xlabel="epoch", ylabel="mean Dice")
-    axes[0, 1].legend(fontsize="small")
+            marker = None if tag == "train_loss" else "o"
+            label = f"{loss} ({_seeds(len(folders))})"
+            axis.plot(line.index, line.to_numpy(), marker=marker, label=label, **_line_style(index))
+    axes[0].set(title="training loss (each on its own scale)", xlabel="iteration", ylabel="loss")
+    axes[1].set(title="validation mean Dice", xlabel="epoch", ylabel="mean Dice")
+    figure.suptitle(_title(f"{bundle}: each loss's main setting, mean over seeds", 11.0))
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", title="loss trained", fontsize="small")
     return _save(figure, path)
+
+
+def _colour_key(classes: Mapping[int, tuple[str, tuple[float, float, float]]]) -> list[Any]:
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor=colour, edgecolor="none", label=name) for name, colour in classes.values()]
+
+
+def _paint(labels: np.ndarray, classes: Mapping[int, tuple[str, tuple[float, float, float]]], alpha: float):
+    """RGBA image of a label map: each class in its colour, every other value (background, ignored) transparent."""
+    rgba = np.zeros((*labels.shape, 4))
+    for value, (_, colour) in classes.items():
+        rgba[labels == value] = (*colour, alpha)
+    return rgba
 
 
 def plot_overlays(out: Path, grid: Grid, bundle: str, path: Path) -> Path:
-    """The first test case's busiest slice: image, reference, and each loss's prediction (first seed)."""
+    """One slice of the first scored case (Synapse: its axial slice with the most organ voxels; Cityscapes: a val
+    image): the reference and each loss's prediction (main setting, first seed) over the image, with a colour key
+    of the bundle's classes (Synapse organs; Cityscapes' 19 classes in the official colours)."""
     runs = _main_runs(out, grid, bundle)
     adapter = ADAPTERS[bundle]
     dataset = dataset_for(grid, bundle, out)
-    case = pd.read_csv(next(iter(runs.values()))[0] / "test_metrics.csv").case.iloc[0]
-    figure, axes = _figure(len(runs) + 1, size=3.0)
-    image, reference, _ = adapter.overlay(next(iter(runs.values()))[0], dataset, str(case))
+    first = next(iter(runs.values()))[0]
+    case = str(pd.read_csv(first / "test_metrics.csv").case.iloc[0])
+    image, reference, _, where = adapter.overlay(first, dataset, case)
     panels = [("reference", reference)]
-    panels += [(loss, adapter.overlay(folders[0], dataset, str(case))[2]) for loss, folders in runs.items()]
-    for axis, (title, labels) in zip(axes[0], panels, strict=True):
+    panels += [(loss, adapter.overlay(folders[0], dataset, case)[2]) for loss, folders in runs.items()]
+    classes = adapter.classes()
+    width = max(6.0, 2.6 * len(panels))
+    key_columns = max(1, min(len(classes), int(width / 1.5)))
+    key_rows = -(-len(classes) // key_columns)
+    figure = _figure(width, 3.2 + 0.25 * key_rows)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (title, labels) in zip(axes, panels, strict=True):
         axis.imshow(image, cmap="gray", origin="lower")
-        axis.imshow(np.ma.masked_equal(labels, 0), cmap="tab10", vmin=0, vmax=9, alpha=0.5, origin="lower")
+        axis.imshow(_paint(labels, classes, 0.6), origin="lower", interpolation="nearest")
         axis.set(title=title, xticks=[], yticks=[])
+    title = f"{bundle}, {where}: reference and each loss's prediction ({first.name}, main setting)"
+    figure.suptitle(_title(title, width))
+    figure.legend(handles=_colour_key(classes), loc="outside lower center", ncols=key_columns, fontsize="small")
     return _save(figure, path)
 
 
-def plot_dice_boxes(metrics: pd.DataFrame, main_settings: Mapping[str, str], bundle: str, path: Path) -> Path:
-    """Box plot of per-case Dice (organs averaged, all seeds) per loss."""
+def plot_score_boxes(metrics: pd.DataFrame, main_settings: Mapping[str, str], bundle: str, path: Path) -> Path:
+    """Box plot per loss (main setting, all seeds), every value drawn as a point, n under each loss: per-case Dice
+    (organs averaged within a case) for Synapse, per-class IoU (the official dataset-level IoU of each class) for
+    Cityscapes."""
+    adapter = ADAPTERS[bundle]
+    column = adapter.score_column
     test = metrics[(metrics.split == "test") & (metrics.bundle == bundle)]
     test = test[test.setting == test.loss.map(lambda loss: main_settings.get(loss, "default"))]
-    per_case = _per_run_case(test)
-    losses = list(dict.fromkeys(per_case.loss))
-    figure, axes = _figure(1, size=max(4.0, 0.8 * len(losses)))
-    axes[0, 0].boxplot([per_case[per_case.loss == loss].dice.to_numpy() for loss in losses], tick_labels=losses)
-    axes[0, 0].set(title=f"{bundle}: per-case Dice on the test cases", ylabel="Dice")
-    axes[0, 0].tick_params(axis="x", labelrotation=45)
+    if column == "dice":
+        values, what = _per_run_case(test), "per-case Dice on the test cases (organs averaged within a case)"
+    else:
+        values, what = test, "per-class IoU on the val images (each class's dataset-level IoU)"
+    losses = list(dict.fromkeys(values.loss))
+    samples = [values[values.loss == loss][column].dropna().to_numpy() for loss in losses]
+    width = max(5.0, 0.9 * len(losses) + 1.5)
+    figure = _figure(width, 4.5)
+    axis = figure.subplots()
+    labels = [f"{loss}\nn={len(v)}" for loss, v in zip(losses, samples, strict=True)]
+    axis.boxplot(samples, tick_labels=labels, showfliers=False)  # every value is drawn as a point below
+    for position, sample in enumerate(samples, start=1):
+        axis.plot(position + np.linspace(-0.12, 0.12, len(sample)), sample, "o", color="black", alpha=0.5, ms=3)
+    axis.set(title=_title(f"{bundle}: {what}; each loss's main setting, all seeds", width), ylabel=column)
+    axis.tick_params(axis="x", labelrotation=45)
+    for label in axis.get_xticklabels():
+        label.set_horizontalalignment("right")
     return _save(figure, path)
 
 
 def plot_all(out: str | Path, grid: Grid, metrics: pd.DataFrame) -> list[Path]:
-    """Curves, overlays and the Dice box plot of every bundle with finished runs, under ``<out>/plots``."""
+    """Curves, overlays and the score box plot of every bundle with finished runs, under ``<out>/plots``:
+    ``curves_<bundle>.png``, ``overlays_<bundle>.png``, ``<dice|iou>_boxes_<bundle>.png``."""
     out = Path(out)
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    main_settings = {loss: grid.main_setting(loss) for loss in grid.losses}
+    main_settings = grid.main_settings()
     written = []
     for bundle in grid.bundles:
         if not _main_runs(out, grid, bundle):
             continue
+        boxes = folder / f"{ADAPTERS[bundle].score_column}_boxes_{bundle}.png"
         written.append(plot_curves(out, grid, bundle, folder / f"curves_{bundle}.png"))
         written.append(plot_overlays(out, grid, bundle, folder / f"overlays_{bundle}.png"))
-        written.append(plot_dice_boxes(metrics, main_settings, bundle, folder / f"dice_boxes_{bundle}.png"))
+        written.append(plot_score_boxes(metrics, main_settings, bundle, boxes))
     return written
 
 
@@ -615,11 +876,9 @@ SURVEY_SETTINGS: dict[str, list[dict[str, Any]]] = {
 
 
 def _survey_grid() -> Grid:
-    from medseg.bundles import LOSS_OVERLAYS
-
     return Grid(
         bundles=["synapse_unet3d"],
-        losses=sorted(p.stem for p in LOSS_OVERLAYS.glob("*.json")),
+        losses=sorted(p.stem for p in LOSS_OVERLAYS.glob("*.json") if not p.stem.startswith(WITH_CE)),
         seeds=(0, 1, 2),
         settings=SURVEY_SETTINGS,
     )
@@ -636,7 +895,8 @@ def _tiny_grid() -> Grid:
     )
 
 
-#: ``tiny``: minutes on 2 CPU cores on synthetic data. ``survey``: every loss overlay, the Table 5 settings,
+#: ``tiny``: minutes on 2 CPU cores on synthetic data. ``survey``: every loss (alone or with CE: ``--protocol``),
+#: the Table 5 settings,
 #: three seeds, the bundles' own training schedule: a GPU machine and the real datasets (``--data``).
 PRESETS: dict[str, Callable[[], Grid]] = {"tiny": _tiny_grid, "survey": _survey_grid}
 
@@ -665,7 +925,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="medseg_study", help="the study folder (runs/, tables/, plots/)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--bundles", nargs="+", help="replace the preset's bundles")
-    parser.add_argument("--losses", nargs="+", help="replace the preset's losses")
+    parser.add_argument(
+        "--losses", nargs="+", help="replace the preset's losses (loss names, or overlay names such as ce+dice)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=PROTOCOLS[0],
+        help="with-ce (default): train each loss as 0.5·CE + 0.5·loss (configs/losses/ce+<loss>.json; losses that "
+        "hold CE already run alone); alone: configs/losses/<loss>.json",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="replace the preset's seeds")
     parser.add_argument(
         "--setting",
@@ -685,6 +954,7 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     grid.bundles = args.bundles or grid.bundles
     grid.losses = args.losses or grid.losses
     grid.seeds = args.seeds or grid.seeds
+    grid.protocol = args.protocol
     settings = {loss: list(s) for loss, s in grid.settings.items() if loss in grid.losses}
     for text in args.setting:
         loss, sep, assignments = text.partition(":")
@@ -705,16 +975,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     grid = grid_from_args(args)
     out = Path(args.out)
+    print(f"protocol {grid.protocol}: " + ", ".join(f"{a} → {b}" for a, b in grid.overlays().items()))
     plan = run_grid(grid, out, dry_run=args.dry_run)
-    columns = ["bundle", "loss", "setting", "seed", "status"] + (["folder"] if args.dry_run else ["action"])
+    columns = ["bundle", "loss", "optimises", "setting", "seed", "status"]
+    columns += ["folder"] if args.dry_run else ["action"]
     print(plan[columns].to_string(index=False))
     if args.dry_run:
         return 0
     metrics = collect(out)
-    main_settings = {loss: grid.main_setting(loss) for loss in grid.losses}
-    tables = survey_tables(metrics, main_settings)
+    tables = survey_tables(metrics, grid.main_settings())
     written = write_tables(metrics, tables, out / "tables") + plot_all(out, grid, metrics)
     for name, table in tables.items():
-        print(f"\n{name}\n{table.round(2).to_string()}")
+        print(f"\n{name}\n{table.round(2).to_string(na_rep='–')}")
     print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
