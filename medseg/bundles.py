@@ -116,43 +116,40 @@ def demo(
 
 
 def synapse_reference(label_path: str | Path):
-    """A raw BTCV label file as a Synapse label map (the default 13 → 8 mapping) and its NIfTI image."""
+    """A raw BTCV label file in synapse_unet3d's labels (its ``label_mapping``) and its NIfTI image.
+
+    Values outside BTCV's 0..13 raise, naming the file (:mod:`medseg.metrics.labels`).
+    """
     import nibabel as nib
     import numpy as np
 
-    from medseg.data.synapse import DEFAULT_BTCV_TO_SYNAPSE
+    from medseg.metrics.labels import bundle_label_space, check_values, present_values
 
-    lookup = np.zeros(256, dtype=np.int64)
-    for btcv, synapse in DEFAULT_BTCV_TO_SYNAPSE.items():
-        lookup[btcv] = synapse
+    space = bundle_label_space("synapse_unet3d")
     image = nib.load(label_path)
-    return lookup[np.asarray(image.dataobj).astype(np.int64)], image
+    raw = np.asarray(image.dataobj).astype(np.int64)
+    check_values(present_values(raw), space.allowed_raw, label_path, "reference")
+    return space.map_reference(raw), image
 
 
 def score_btcv_predictions(pred_dir: str | Path, dataset_dir: str | Path, convention: str = "clinical"):
     """Score ``<pred_dir>/<image>_seg.nii.gz`` against the BTCV test labels, per case and Synapse organ, in mm.
 
-    Returns a pandas table with one row per case and organ (``case``, ``structure``, Dice, IoU, HD95, ASSD, NSD,
-    volumes: :func:`medseg.metrics.score_label_maps`). A missing prediction raises, naming the file.
+    The code of ``medseg evaluate --labels synapse_unet3d`` (:func:`medseg.metrics.evaluate.evaluate_pairs`):
+    files read whole, values, grids and label mapping checked the same way, so the two cannot disagree. Returns
+    its per-case table (``case`` = the image name, e.g. ``img0001``; ``structure``; Dice, IoU, HD, HD95, ASSD,
+    NSD, volumes). A missing prediction raises, naming the file.
     """
-    import nibabel as nib
-    import numpy as np
-    import pandas as pd
-
     from medseg.data.btcv import btcv_datalist
-    from medseg.data.synapse import DEFAULT_BTCV_TO_SYNAPSE, synapse_organ_names
-    from medseg.metrics import get_convention, score_label_maps
+    from medseg.metrics.evaluate import CasePair, evaluate_pairs
+    from medseg.metrics.labels import bundle_label_space
 
-    names = synapse_organ_names(DEFAULT_BTCV_TO_SYNAPSE)
-    scoring = get_convention(convention)
-    rows = []
+    pairs = []
     for entry in btcv_datalist(dataset_dir, "test"):
         case = Path(entry["image"]).name.split(".")[0]
         pred_path = Path(pred_dir) / f"{case}_seg.nii.gz"
         if not pred_path.is_file():
             raise FileNotFoundError(f"no prediction {pred_path} for test case {entry['image']}")
-        ref, ref_img = synapse_reference(entry["label"])
-        pred = np.asarray(nib.load(pred_path).dataobj).astype(np.int64)
-        spacing = ref_img.header.get_zooms()[:3]
-        rows += [{"case": case, **row} for row in score_label_maps(pred, ref, spacing, names, scoring)]
-    return pd.DataFrame(rows)
+        pairs.append(CasePair(case, pred_path, Path(entry["label"])))
+    space = bundle_label_space("synapse_unet3d")
+    return evaluate_pairs(pairs, space, convention, ref_space="raw", progress=False).table

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,3 +20,25 @@ def test_ci_runs_the_readme_test_command():
     block = re.search(r"## Set-up.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
     assert len(block) == 2, "the README's set-up is two commands"
     assert block[1] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_readme_evaluate_line_reproduces_the_demo_table(tmp_path, monkeypatch):
+    """The commands table's `medseg evaluate` line, run as written on the demo's output, gives the demo's numbers."""
+    import json
+    import math
+    import shlex
+
+    from medseg.bundles import demo
+    from medseg.cli import main
+
+    line = re.search(r"\| `(medseg evaluate [^`]*)` \|", (ROOT / "README.md").read_text()).group(1)
+    monkeypatch.chdir(tmp_path)
+    table = demo("medseg_demo", epochs=2, cases=4, size=32)  # the README's demo, CPU-test sized
+    assert main(shlex.split(line)[1:]) == 0
+    summary = json.loads((tmp_path / "medseg_demo" / "predictions" / "evaluation" / "summary.json").read_text())
+    assert list(summary["per_structure"]) == list(table.index)
+    for organ, row in table.iterrows():
+        for column, value in row.items():
+            mean = summary["per_structure"][organ][column]["mean"]
+            assert mean == value or (mean is None and math.isnan(value)), (organ, column)

@@ -1,31 +1,33 @@
 """Evaluate a folder of predictions against a folder of references: per-case CSV, summary JSON, markdown.
 
+    medseg evaluate --pred medseg_demo/predictions --ref medseg_demo/data/RawData/Training/label \\
+        --labels synapse_unet3d --only-predicted
     python scripts/evaluate.py --pred runs/pred --ref data/labels --labels bundle/configs/metadata.json
-    python scripts/evaluate.py --pred out --ref out --pred-glob "*_pred.nii.gz" --ref-glob "*_gt.nii.gz" \\
-        --num-classes 9 --convention transunet
+    python scripts/evaluate.py --pred out --ref out --num-classes 9 --convention transunet
     python scripts/evaluate.py --pred cs_pred --ref cityscapes/gtFine/val --convention cityscapes
 
-Files are matched by case id: the file name without the part after the last ``*`` of the glob (by default the
-extension: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.png``), searched recursively.
-Images are read with SimpleITK (NIfTI that SimpleITK refuses, e.g. with non-orthonormal directions, with
-nibabel), in SimpleITK's axis order, with the voxel spacing of the header. Each case is scored by
+Cases are paired by case id across naming schemes (:mod:`~medseg.metrics.cases`: ``img0007_seg.nii.gz`` with
+``label0007.nii.gz``). Files are read whole (:mod:`~medseg.metrics.reading`), label values checked against the
+label space (:mod:`~medseg.metrics.labels`; ``--labels <bundle>`` maps raw references through the bundle's
+``label_mapping``), grids compared (:mod:`~medseg.metrics.geometry`), and each case scored by
 :func:`~medseg.metrics.scoring.score_label_maps` under a :class:`~medseg.metrics.conventions.Convention`, or in
-``cityscapes`` mode by the official class-IoU algorithm (:mod:`medseg.metrics.cityscapes`).
+``cityscapes`` mode by the official class-IoU algorithm (:mod:`medseg.metrics.cityscapes`). Whatever cannot be
+scored correctly is refused with the case, the file and the fix; the refusals are tabled in docs/evaluation.md.
 
-Outputs (``--format``): ``metrics.csv`` / ``metrics.tsv`` (one row per case and structure), ``summary.json``
-(mean, std, median and n per structure and overall, plus the convention in words), ``summary.md``,
-``summary.html``, ``summary.tex``; with ``--compare-to`` a paired comparison against an earlier ``metrics.csv``
-(``comparison.csv`` and ``comparison.md``).
+Outputs (``--format``): ``metrics.csv`` / ``metrics.tsv`` (one row per case and structure), ``summary.json``,
+``summary.md``, ``summary.html``, ``summary.tex`` (:mod:`~medseg.metrics.report`); with ``--compare-to`` a paired
+comparison against an earlier ``metrics.csv`` on the same cases (``comparison.csv`` and ``comparison.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import logging
 import math
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
@@ -36,251 +38,220 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .cases import SUPPORTED_SUFFIXES, case_id, find_cases
 from .conventions import CONVENTIONS, Convention, get_convention
+from .geometry import grid_mismatch, resample_to_reference
+from .labels import (
+    LabelSpace,
+    RefSpace,
+    check_values,
+    classify_reference,
+    label_space,
+    prepare_pair,
+    present_values,
+    read_label_map,
+)
+from .reading import LabelImage, read_label_image
+from .report import FORMATS, Evaluation, atomic_write_text, summarize
 from .scoring import score_label_maps, size_columns
 from .stats import paired_comparison
 
 __all__ = [
     "FORMATS",
     "SUPPORTED_SUFFIXES",
+    "CasePair",
     "Evaluation",
     "LabelImage",
     "build_parser",
+    "compare_to_baseline",
     "evaluate_folders",
+    "evaluate_pairs",
     "find_cases",
     "main",
+    "pair_cases",
     "read_label_image",
     "read_label_map",
     "run",
 ]
 
-SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png")
-#: Output formats and the file each writes.
-FORMATS = {
-    "csv": "metrics.csv",
-    "tsv": "metrics.tsv",
-    "json": "summary.json",
-    "md": "summary.md",
-    "html": "summary.html",
-    "latex": "summary.tex",
-}
+logger = logging.getLogger(__name__)
+
 CITYSCAPES_GLOBS = ("*_labelIds.png", "*_gtFine_labelIds.png")  # prediction, reference
-#: Relative tolerance when comparing the spacing of a prediction with its reference's (header rounding).
-_SPACING_RTOL = 1e-4
+#: One folder holding predictions and references (TransUNet's test_save_path, synapse_transunet's ``eval/``).
+SAME_FOLDER_GLOBS = (tuple(f"*_pred{s}" for s in SUPPORTED_SUFFIXES), tuple(f"*_gt{s}" for s in SUPPORTED_SUFFIXES))
+_PREDICTION_HINT = "Predictions hold the scored labels: pass the right --labels, or --ignore-labels V for void values."
+_REFERENCE_HINT = (
+    "Raw dataset labels (e.g. BTCV 0..13)? --labels <bundle> maps them as the bundle's training does; "
+    "--ignore-labels V leaves void values out."
+)
 
 
 @dataclass(frozen=True)
-class LabelImage:
-    """A label map as read from a file: integer ``array`` (SimpleITK axis order) and ``spacing`` per axis (mm)."""
+class CasePair:
+    """One case to score: its id, the prediction file (``None``: missing, scored as empty) and the reference."""
 
-    array: np.ndarray
-    spacing: tuple[float, ...]
-    path: Path
-
-
-def _as_label_array(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        return array
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{path} holds {array.dtype} values; expected an integer label map")
-    if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
-        raise ValueError(f"{path} holds non-integer values; is it an image or a probability map, not a label map?")
-    return array.astype(np.int32)
+    case: str
+    prediction: Path | None
+    reference: Path
 
 
-def _read_with_nibabel(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
-
-    image = nib.load(str(path))
-    array = np.asanyarray(image.dataobj)
-    zooms = image.header.get_zooms()[: array.ndim]
-    # SimpleITK's order: the reverse of the file's (x, y, z)
-    return np.ascontiguousarray(array.transpose(tuple(reversed(range(array.ndim))))), tuple(reversed(zooms))
+def _show(items: Iterable[object], limit: int = 10) -> str:
+    items = list(items)
+    return ", ".join(str(i) for i in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-class _NotALabelMap(ValueError):
-    """A file that reads fine but holds no label map (colour or vector pixels)."""
+def pair_cases(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    pred_glob: str | None = None,
+    ref_glob: str | Sequence[str] | None = None,
+    allow_missing: bool = False,
+    only_predicted: bool = False,
+) -> tuple[list[CasePair], list[str]]:
+    """Pair predictions with references by case id; returns the pairs and the references left out.
 
-
-def _read_png(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode not in ("1", "L", "P", "I", "I;16"):
-            raise _NotALabelMap(f"{path} is a {image.mode} image; expected a single-channel label PNG")
-        return np.array(image), (1.0, 1.0)
-
-
-def _read_with_simpleitk(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(str(path))
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        components = image.GetNumberOfComponentsPerPixel()
-        raise _NotALabelMap(f"{path} has {components} components per voxel; expected a label map")
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
-
-
-def read_label_image(path: str | Path) -> LabelImage:
-    """Read a label map with its spacing; errors name the file.
-
-    PNG is read with PIL as the Cityscapes evaluation reads it (palette images give their indices; spacing 1);
-    NIfTI, NRRD and MHA/MHD with SimpleITK, and NIfTI that SimpleITK refuses (non-orthonormal direction
-    cosines, for instance) with nibabel, in SimpleITK's axis order.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: it cannot be read, has colour/vector pixels, is not 2D/3D, or holds non-integer values.
+    A reference without prediction raises, unless ``allow_missing`` (scored as an empty prediction) or
+    ``only_predicted`` (left out, returned: the reference folder may hold more cases than were predicted, e.g. a
+    dataset's training labels). One folder for both without globs: predictions ``*_pred``, references ``*_gt``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file does not exist: {path}")
-    name = path.name.lower()
-    try:
-        if name.endswith(".png"):
-            array, spacing = _read_png(path)
-        else:
-            try:
-                array, spacing = _read_with_simpleitk(path)
-            except RuntimeError:
-                if not name.endswith((".nii", ".nii.gz")):
-                    raise
-                array, spacing = _read_with_nibabel(path)
-    except _NotALabelMap:
-        raise
-    except Exception as err:  # any reader failure (truncated gzip, bad header, ...) becomes one message
-        message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-        raise ValueError(f"cannot read {path}: {type(err).__name__}: {message}") from err
-    if array.ndim not in (2, 3):
-        raise ValueError(f"{path} has shape {array.shape}; expected a 2D or 3D label map")
-    return LabelImage(_as_label_array(array, path), tuple(float(s) for s in spacing), path)
-
-
-def _case_id(name: str, tail: str) -> str:
-    return name[: len(name) - len(tail)] if tail else name
-
-
-def find_cases(folder: str | Path, glob: str | None = None) -> dict[str, Path]:
-    """Case id → file for the files under ``folder`` (recursive) matching ``glob`` (default: any supported suffix).
-
-    The case id is the file name without the part after the glob's last ``*``.
-
-    Raises:
-        FileNotFoundError: ``folder`` is not a directory.
-        ValueError: the glob has no ``*``, or two files give the same case id.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder does not exist: {folder}")
-    globs = [glob] if glob is not None else [f"*{suffix}" for suffix in SUPPORTED_SUFFIXES]
-    cases: dict[str, Path] = {}
-    for pattern in globs:
-        if "*" not in pattern:
-            raise ValueError(f"glob {pattern!r} must contain a '*' standing for the case id")
-        tail = pattern[pattern.rindex("*") + 1 :]
-        for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
-            case = _case_id(path.name, tail)
-            if case in cases:
-                raise ValueError(f"case {case!r} matches two files under {folder}: {cases[case]} and {path}")
-            cases[case] = path
-    return cases
-
-
-def read_label_map(path: str | Path) -> dict[int, str]:
-    """Label value → structure name from a JSON file or a MONAI bundle folder; background (0) left out.
-
-    Accepted: a flat ``{"1": "spleen", ...}``; a MONAI bundle ``metadata.json`` (or a bundle folder holding
-    ``configs/metadata.json``): the first ``channel_def`` of ``network_data_format.outputs``; a Decathlon
-    ``dataset.json`` (``"labels": {"0": "background", ...}``) or an nnU-Net v2 one (``"labels": {"spleen": 1}``).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "configs" / "metadata.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"label map file does not exist: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"label map {path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"label map {path} must hold a JSON object")
-    if "network_data_format" in data:
-        outputs = data["network_data_format"].get("outputs", {})
-        definitions = [o["channel_def"] for o in outputs.values() if isinstance(o, dict) and "channel_def" in o]
-        if not definitions:
-            raise ValueError(f"bundle metadata {path} has no channel_def in network_data_format.outputs")
-        mapping = definitions[0]
-    elif "labels" in data:
-        mapping = data["labels"]
-        if mapping and all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: name -> value
-            mapping = {str(v): k for k, v in mapping.items()}
-        elif any(isinstance(v, list) for v in mapping.values()):
-            raise ValueError(f"label map {path} defines regions (label lists); only plain labels are supported")
-    else:
-        mapping = data
-    try:
-        labels = {int(k): str(v) for k, v in mapping.items()}
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"label map {path} must map integer label values to names, got {mapping!r}") from err
-    labels.pop(0, None)
-    if not labels or min(labels) < 0:
-        raise ValueError(f"label map {path} gives no positive label values: {mapping!r}")
-    return dict(sorted(labels.items()))
-
-
-def _check_pair(prediction: LabelImage, reference: LabelImage) -> None:
-    if prediction.array.shape != reference.array.shape:
+    if allow_missing and only_predicted:
+        raise ValueError("--allow-missing scores every reference, --only-predicted only the predicted ones: pick one")
+    if pred_glob is None and ref_glob is None and Path(pred_dir).resolve() == Path(ref_dir).resolve():
+        pred_glob, ref_glob = SAME_FOLDER_GLOBS
+    references = find_cases(ref_dir, ref_glob)
+    if not references:
+        raise ValueError(f"no reference files matching {ref_glob or 'a supported suffix'} under {ref_dir}")
+    predictions = find_cases(pred_dir, pred_glob)
+    left_out: list[str] = []
+    if only_predicted:
+        if not set(predictions) & set(references):
+            raise ValueError(
+                f"no prediction under {pred_dir} matches a reference under {ref_dir} by case id (predictions: "
+                f"{_show(sorted(predictions))}; references: {_show(sorted(references))}); see docs/evaluation.md"
+            )
+        left_out = sorted(set(references) - set(predictions))
+        references = {case: path for case, path in references.items() if case in predictions}
+    missing = sorted(set(references) - set(predictions))
+    if missing and not allow_missing:
         raise ValueError(
-            f"prediction shape {prediction.array.shape} ({prediction.path}) differs from reference shape "
-            f"{reference.array.shape} ({reference.path})"
+            f"no prediction under {pred_dir} for cases {_show(missing)} (case ids from the file names, see "
+            "docs/evaluation.md); pass --allow-missing to score them as failures, or --only-predicted if the "
+            "reference folder holds more cases than were predicted"
         )
-    if not np.allclose(prediction.spacing, reference.spacing, rtol=_SPACING_RTOL, atol=0.0):
+    unmatched = sorted(set(predictions) - set(references))
+    if unmatched:
+        warnings.warn(f"predictions without reference ignored: {_show(unmatched)}", stacklevel=2)
+    return [CasePair(case, predictions.get(case), references[case]) for case in sorted(references)], left_out
+
+
+def _reference_mode(pairs: Sequence[CasePair], space: LabelSpace, ref_space: RefSpace) -> dict[str, Any]:
+    """Whether the references are raw (mapped through the bundle's ``label_mapping``) or in the bundle's labels.
+
+    ``auto`` reads references in order until one fits only one of the two; none that does, and some that would
+    score differently read either way, is an error.
+    """
+    if ref_space not in ("auto", "raw", "bundle"):
+        raise ValueError(f"ref_space must be 'auto', 'raw' or 'bundle', got {ref_space!r}")
+    if space.mapping is None:
+        if ref_space != "auto":
+            raise ValueError(f"--ref-space {ref_space} needs a bundle with a label_mapping; {space.source} has none")
+        return {"mode": "none", "why": "no label mapping"}
+    if ref_space != "auto":
+        return {"mode": ref_space, "why": f"--ref-space {ref_space}"}
+    ambiguous = []
+    for pair in pairs:
+        try:
+            fit = classify_reference(present_values(read_label_image(pair.reference).array), space)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"case {pair.case!r}: reference {pair.reference}: {err}") from err
+        if fit in ("raw", "bundle"):
+            return {"mode": fit, "why": f"decided from the values of {pair.reference}"}
+        if fit == "ambiguous":
+            ambiguous.append(str(pair.reference))
+    if not ambiguous:
+        return {"mode": "bundle", "why": "the label mapping leaves every reference value unchanged"}
+    raise ValueError(
+        f"every reference fits both the raw labels and the bundle's labels, and they score differently read one "
+        f"way or the other (e.g. {ambiguous[0]}); say which they are: --ref-space raw (mapped through the bundle's "
+        "label_mapping, as its training maps them) or --ref-space bundle (already in the bundle's labels)"
+    )
+
+
+def _check_reference(values: np.ndarray, space: LabelSpace, mode: dict[str, Any], path: Path) -> str:
+    """Refuse reference values the label space does not define; returns how the reference fits (under a mapping)."""
+    if mode["mode"] == "none":
+        check_values(values, space.allowed, path, "reference", _REFERENCE_HINT)
+        return "bundle"
+    try:
+        fit = classify_reference(values, space)
+    except ValueError as err:
+        raise ValueError(f"reference {path} {err}") from err
+    if {fit, mode["mode"]} == {"raw", "bundle"}:
+        other = space.allowed if mode["mode"] == "bundle" else space.allowed_raw
+        odd = sorted(set(values.tolist()) - set(other))
         raise ValueError(
-            f"prediction spacing {prediction.spacing} ({prediction.path}) differs from reference spacing "
-            f"{reference.spacing} ({reference.path})"
+            f"reference {path} holds values {_show(odd)} that the {mode['mode']} labels do not define, while the "
+            f"references are read as {mode['mode']} ({mode['why']}); keep one kind of reference per folder, or say "
+            "which with --ref-space"
         )
-
-
-def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[LabelImage, LabelImage]:
-    reference = read_label_image(ref_path)
-    if pred_path is None:  # --allow-missing: an empty prediction
-        return LabelImage(np.zeros_like(reference.array), reference.spacing, Path("<missing>")), reference
-    prediction = read_label_image(pred_path)
-    _check_pair(prediction, reference)
-    return prediction, reference
+    return fit
 
 
 def _score_volume_case(
-    case: str,
-    pred_path: Path | None,
-    ref_path: Path,
-    labels: Mapping[int, str],
+    pair: CasePair,
+    space: LabelSpace,
+    mode: dict[str, Any],
     convention: Convention,
     nsd_tolerance: float,
-) -> list[dict[str, object]]:
+    resample: bool,
+) -> tuple[list[dict[str, object]], dict[str, Any]]:
     try:
-        prediction, reference = _read_pair(pred_path, ref_path)
-        rows = score_label_maps(prediction.array, reference.array, reference.spacing, labels, convention, nsd_tolerance)
+        reference = read_label_image(pair.reference)
+        fit = _check_reference(present_values(reference.array), space, mode, pair.reference)
+        resampled = None
+        if pair.prediction is None:  # --allow-missing: an empty prediction
+            prediction = dataclasses.replace(reference, array=np.zeros_like(reference.array), path=Path("<missing>"))
+        else:
+            prediction = read_label_image(pair.prediction)
+            values = present_values(prediction.array)
+            check_values(values, space.allowed, pair.prediction, "prediction", _PREDICTION_HINT)
+            resampled = grid_mismatch(prediction, reference)
+            if resampled is not None and not resample:
+                raise ValueError(
+                    f"prediction {pair.prediction} and reference {pair.reference} lie on different grids: "
+                    f"prediction {resampled}. Voxel-wise scores would compare different places; write the "
+                    "prediction on the reference grid, or pass --resample-pred to resample it (nearest neighbour)"
+                )
+            if resampled is not None:
+                prediction = resample_to_reference(prediction, reference)
+        pred, ref = prepare_pair(prediction.array, reference.array, space, mapped=mode["mode"] == "raw")
+        rows = score_label_maps(pred, ref, reference.spacing, space.names, convention, nsd_tolerance)
     except (OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"case {case!r}: {err}") from err
-    return [{"case": case, **row, "missing": pred_path is None} for row in rows]
+        raise ValueError(f"case {pair.case!r}: {err}") from err
+    extra = {"missing": pair.prediction is None, "resampled": resampled is not None}
+    return [{"case": pair.case, **row, **extra} for row in rows], {"fit": fit, "resampled": resampled}
 
 
-def _score_cityscapes_case(case: str, pred_path: Path | None, ref_path: Path) -> list[dict[str, object]]:
+def _score_cityscapes_case(pair: CasePair) -> tuple[list[dict[str, object]], dict[str, Any]]:
     from .cityscapes import class_counts, class_iou, evaluated_classes, labelid_confusion
 
     try:
-        prediction, reference = _read_pair(pred_path, ref_path)
+        reference = read_label_image(pair.reference)
+        if pair.prediction is None:
+            prediction = dataclasses.replace(reference, array=np.zeros_like(reference.array), path=Path("<missing>"))
+        else:
+            prediction = read_label_image(pair.prediction)
+            mismatch = grid_mismatch(prediction, reference)
+            if mismatch is not None:
+                raise ValueError(f"prediction {pair.prediction}: {mismatch} ({pair.reference})")
         counts = class_counts(labelid_confusion(prediction.array, reference.array))
     except (OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"case {case!r}: {err}") from err
+        raise ValueError(f"case {pair.case!r}: {err}") from err
     iou = class_iou(counts)
     classes = evaluated_classes()
-    return [
+    rows = [
         {
-            "case": case,
+            "case": pair.case,
             "label": label_id,
             "train_id": classes[label_id][0],
             "structure": classes[label_id][1],
@@ -288,166 +259,130 @@ def _score_cityscapes_case(case: str, pred_path: Path | None, ref_path: Path) ->
             "tp": tp,
             "fp": fp,
             "fn": fn,
-            "missing": pred_path is None,
+            "missing": pair.prediction is None,
         }
         for label_id, (tp, fp, fn) in counts.items()
     ]
+    return rows, {}
 
 
-def _map_cases(
-    score: Callable[..., list[dict[str, object]]],
-    jobs: Sequence[tuple[str, Path | None, Path]],
-    workers: int,
-    progress: bool,
-) -> list[dict[str, object]]:
-    """Score every job (case, prediction, reference), in ``workers`` processes, with a progress bar."""
-    results: list[list[dict[str, object]]] = [[] for _ in jobs]
-    with tqdm(total=len(jobs), desc="cases", unit="case", disable=not progress, file=sys.stderr) as bar:
+def _map_cases(score: Callable[[CasePair], Any], pairs: Sequence[CasePair], workers: int, progress: bool) -> list[Any]:
+    """``score`` of every pair, in order, in ``workers`` processes, with a progress bar."""
+    results: list[Any] = [None] * len(pairs)
+    with tqdm(total=len(pairs), desc="cases", unit="case", disable=not progress, file=sys.stderr) as bar:
         if workers <= 1:
-            for index, job in enumerate(jobs):
-                results[index] = score(*job)
+            for index, pair in enumerate(pairs):
+                results[index] = score(pair)
                 bar.update()
         else:
             pool = ProcessPoolExecutor(max_workers=workers)
             try:
-                futures = {pool.submit(score, *job): index for index, job in enumerate(jobs)}
+                futures = {pool.submit(score, pair): index for index, pair in enumerate(pairs)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     bar.update()
             finally:
                 pool.shutdown(cancel_futures=True)
-    return [row for rows in results for row in rows]
+    return results
 
 
-def _stats(values: pd.Series) -> dict[str, float | int]:
-    """mean, sample std (ddof 1), median and n of the non-NaN values."""
-    present = values.dropna()
-    return {
-        "mean": float(present.mean()) if len(present) else math.nan,
-        "std": float(present.std(ddof=1)) if len(present) > 1 else math.nan,
-        "median": float(present.median()) if len(present) else math.nan,
-        "n": len(present),
-    }
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN → None (JSON has no NaN), recursively."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-@dataclass
-class Evaluation:
-    """The result of :func:`evaluate_folders`: the per-case ``table``, its ``summary`` and the metric columns."""
-
-    table: pd.DataFrame
-    summary: dict[str, Any]
-    metric_columns: list[str]
-
-    def summary_table(self) -> pd.DataFrame:
-        """Structures (then ``overall``) × metrics as ``mean ± std`` strings (cityscapes: pooled IoU)."""
-        if self.summary["convention"]["name"] == "cityscapes":
-            rows = {name: {"IoU": f"{s['iou']:.4f}"} for name, s in self.summary["per_structure"].items()}
-            rows["mean (mIoU)"] = {"IoU": f"{self.summary['overall']['miou']:.4f}"}
-            return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
-
-        def cell(stat: dict[str, Any]) -> str:
-            mean, std = stat["mean"], stat["std"]
-            if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-                return "n/a"
-            return f"{mean:.4f}" if std is None or math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-
-        groups = {**self.summary["per_structure"], "overall": self.summary["overall"]}
-        return pd.DataFrame.from_dict(
-            {name: {c: cell(stats[c]) for c in self.metric_columns} for name, stats in groups.items()},
-            orient="index",
-        ).rename_axis("structure")
-
-    def markdown(self) -> str:
-        """The summary table with the conventions it was computed under, as markdown."""
-        convention = self.summary["convention"]
-        lines = [
-            f"# Evaluation: {convention['name']} convention",
-            "",
-            self.summary_table().to_markdown(),
-            "",
-            f"{self.summary['n_cases']} cases"
-            + (
-                f"; predictions missing (scored as empty): {', '.join(self.summary['missing'])}"
-                if self.summary["missing"]
-                else ""
+def _unscored_structures(table: pd.DataFrame, columns: Sequence[str]) -> dict[str, str]:
+    """Structures no reference contains: their metrics become NaN (not scored); returns why, per structure."""
+    notes = {}
+    for name, group in table.groupby("structure", sort=False):
+        if not group.empty_mask.isin(["reference", "both"]).all():
+            continue
+        predicted = group[group.empty_mask == "reference"]
+        if len(predicted):
+            size = "volume_pred_ml" if "volume_pred_ml" in group else "area_pred_mm2"
+            unit = "mL" if size == "volume_pred_ml" else "mm²"
+            notes[str(name)] = (
+                f"absent from every reference; predicted in {_show(predicted.case)} (false positives, "
+                f"{predicted[size].sum():.4g} {unit} in all)"
             )
-            + ".",
-            "",
-            "## Conventions",
-            "",
-            f"- {convention['description']}",
-        ]
-        if convention["name"] != "cityscapes":
-            lines.append(
-                "- Cells: mean ± sample std over cases; overall: mean of the structure means ± std over cases."
-            )
-            lines.append(f"- HD95: {convention['hd95']}.")
-            lines.append(f"- Surface: {convention['surface']}; distances in {convention['distance_unit']}.")
-            for case, policy in convention["empty_policy"].items():
-                text = ", ".join(f"{k} = {v}" for k, v in policy.items())
-                lines.append(f"- {case.replace('_', ' ')}: {text}.")
-            if "nsd_tolerance_mm" in convention:
-                lines.append(f"- NSD tolerance: {convention['nsd_tolerance_mm']} mm.")
-            lines.append(f"- {convention['background'].capitalize()}.")
-        return "\n".join(lines) + "\n"
-
-    def write(self, output_dir: str | Path, formats: Sequence[str] = ("csv", "json", "md")) -> list[Path]:
-        """Write the requested formats (:data:`FORMATS`) into ``output_dir``; returns the files written."""
-        unknown = sorted(set(formats) - set(FORMATS))
-        if unknown:
-            raise ValueError(f"unknown formats {unknown}; choose from {sorted(FORMATS)}")
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for fmt in dict.fromkeys(formats):
-            path = output_dir / FORMATS[fmt]
-            if fmt in ("csv", "tsv"):
-                self.table.to_csv(path, index=False, sep="," if fmt == "csv" else "\t")
-            elif fmt == "json":
-                path.write_text(json.dumps(_json_ready(self.summary), indent=2) + "\n")
-            elif fmt == "md":
-                path.write_text(self.markdown())
-            elif fmt == "html":
-                path.write_text(self.summary_table().to_html())
-            else:
-                path.write_text(self.summary_table().to_latex())
-            written.append(path)
-        return written
+        else:
+            notes[str(name)] = "absent from every reference and every prediction"
+        table.loc[group.index, list(columns)] = np.nan
+    return notes
 
 
-def _summarize(table: pd.DataFrame, columns: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per structure: stats of every column; overall: mean of structure means, std/median of per-case means."""
-    ordered = table.sort_values(["label", "case"], kind="stable")
-    per_structure = {
-        str(name): {c: _stats(group[c]) for c in columns} for name, group in ordered.groupby("structure", sort=False)
+def evaluate_pairs(
+    pairs: Sequence[CasePair],
+    labels: LabelSpace | Mapping[int, str],
+    convention: str = "clinical",
+    nsd_tolerance: float = 1.0,
+    surface: str = "voxels",
+    workers: int = 1,
+    ref_space: RefSpace = "auto",
+    resample_pred: bool = False,
+    progress: bool = True,
+) -> Evaluation:
+    """Score every case of ``pairs`` and summarise: the code behind ``medseg evaluate`` and the demo's scores.
+
+    Args:
+        pairs: the cases (:func:`pair_cases`, or built by a caller that knows its files).
+        labels: the label space (:mod:`~medseg.metrics.labels`), or label value → structure name.
+        convention: ``clinical``, ``transunet`` or ``nnunet`` (:mod:`~medseg.metrics.conventions`).
+        nsd_tolerance: NSD tolerance in mm (``clinical``).
+        surface: ``voxels`` or ``surfels`` (``clinical`` only; see :mod:`~medseg.metrics.surface`).
+        workers: processes scoring cases in parallel.
+        ref_space: with a bundle's label mapping, whether references are ``raw``, in the ``bundle``'s labels,
+            or ``auto`` (decided from their values).
+        resample_pred: resample a prediction whose grid differs from its reference's (nearest neighbour; logged)
+            instead of refusing it.
+        progress: show a progress bar over cases (stderr).
+
+    Raises:
+        ValueError: a case cannot be scored correctly (module doc); the message names the case, the file and the fix.
+    """
+    space = labels if isinstance(labels, LabelSpace) else LabelSpace(dict(labels))
+    scoring = get_convention(convention, surface)  # type: ignore[arg-type]
+    if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise ValueError(f"NSD tolerance must be finite and >= 0 mm, got {nsd_tolerance}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not pairs:
+        raise ValueError("no cases to score")
+    mode = _reference_mode(pairs, space, ref_space)
+    score = partial(
+        _score_volume_case,
+        space=space,
+        mode=mode,
+        convention=scoring,
+        nsd_tolerance=nsd_tolerance,
+        resample=resample_pred,
+    )
+    results = _map_cases(score, pairs, workers, progress)
+    resampled = {}
+    for pair, (_, info) in zip(pairs, results, strict=True):
+        if info["resampled"] is not None:
+            logger.warning("case %s: prediction %s resampled onto the reference grid", pair.case, pair.prediction)
+            resampled[pair.case] = f"prediction {info['resampled']}"
+    table = pd.DataFrame([row for rows, _ in results for row in rows])
+    not_scored = _unscored_structures(table, scoring.columns)
+    ndim_columns = [c for c in size_columns(3) + size_columns(2) if c in table.columns]
+    per_structure, overall = summarize(table, list(scoring.columns) + ndim_columns)
+    summary: dict[str, Any] = {
+        "convention": scoring.describe(nsd_tolerance),
+        "label_space": space.describe(),
+        "n_cases": len(pairs),
+        "cases": [pair.case for pair in pairs],
+        "missing": [pair.case for pair in pairs if pair.prediction is None],
+        "per_structure": per_structure,
+        "overall": overall,
+        "not_scored": not_scored,
+        "resampled": resampled,
     }
-    scores = [c for c in columns if c in table.columns and not c.startswith(("volume_", "area_"))]
-    case_means = table.groupby("case")[scores].mean()
-    overall = {}
-    for c in scores:
-        # the protocol number (TransUNet: mean over organs of the organ means; nnU-Net: foreground_mean)
-        overall[c] = {
-            **_stats(case_means[c]),
-            "mean": float(np.mean([per_structure[s][c]["mean"] for s in per_structure])),
-        }
-    return per_structure, overall
+    if mode["mode"] != "none":
+        fit_both = [str(p.reference) for p, (_, info) in zip(pairs, results, strict=True) if info["fit"] == "ambiguous"]
+        summary["reference_space"] = {**mode, "fit_both": fit_both}
+    return Evaluation(table=table, summary=summary, metric_columns=list(scoring.columns))
 
 
 def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
-    labels: Mapping[int, str] | None = None,
+    labels: LabelSpace | Mapping[int, str] | None = None,
     convention: str = "clinical",
     nsd_tolerance: float = 1.0,
     surface: str = "voxels",
@@ -456,83 +391,60 @@ def evaluate_folders(
     pred_glob: str | None = None,
     ref_glob: str | None = None,
     progress: bool = True,
+    ignore_labels: Iterable[int] = (),
+    ref_space: RefSpace = "auto",
+    resample_pred: bool = False,
+    only_predicted: bool = False,
 ) -> Evaluation:
-    """Score every reference case against its prediction and summarise.
+    """Pair the files of two folders by case id (:func:`pair_cases`) and score them (:func:`evaluate_pairs`).
 
     Args:
         pred_dir: folder of predicted label maps (searched recursively).
         ref_dir: folder of reference label maps.
-        labels: label value → structure name (:func:`read_label_map`); not used in ``cityscapes`` mode.
-        convention: ``clinical``, ``transunet``, ``nnunet`` (:mod:`~medseg.metrics.conventions`) or
-            ``cityscapes`` (labelId PNGs, official class IoU).
-        nsd_tolerance: NSD tolerance in mm (``clinical``).
-        surface: ``voxels`` or ``surfels`` (``clinical`` only; see :mod:`~medseg.metrics.surface`).
-        workers: processes scoring cases in parallel.
+        labels: the label space or label value → structure name (:func:`read_label_map`); not in ``cityscapes``.
+        convention: ``clinical``, ``transunet``, ``nnunet`` or ``cityscapes`` (labelId PNGs, official class IoU).
         allow_missing: score a reference without prediction as an empty prediction instead of raising.
-        pred_glob: file-name glob of predictions; the part after the last ``*`` is cut off to give the case id.
+        pred_glob: file-name glob of predictions; the part after the last ``*`` is cut off before the case id.
         ref_glob: the same for references.
-        progress: show a progress bar over cases (stderr).
-
-    Raises:
-        ValueError: a prediction is missing (without ``allow_missing``), or a case cannot be scored (unreadable
-            file, shape or spacing mismatch); the message names the case.
+        ignore_labels: values left out of the scoring (:mod:`~medseg.metrics.labels`).
+        only_predicted: score only the references that have a prediction (the others are listed in the summary).
+        nsd_tolerance, surface, workers, ref_space, resample_pred, progress: as :func:`evaluate_pairs`.
     """
+    ignore = frozenset(int(v) for v in ignore_labels)
     cityscapes = convention == "cityscapes"
     if cityscapes:
         if labels is not None:
             raise ValueError("cityscapes mode scores the 19 official classes; do not pass labels")
         if surface != "voxels":
             raise ValueError("surface does not apply to cityscapes mode")
+        if ignore or ref_space != "auto" or resample_pred:
+            raise ValueError("ignore labels, ref space and resampling do not apply to cityscapes mode")
         pred_glob = pred_glob or CITYSCAPES_GLOBS[0]
         ref_glob = ref_glob or CITYSCAPES_GLOBS[1]
+    elif labels is None:
+        raise ValueError("labels are needed: pass a label map (label value -> name)")
+    elif isinstance(labels, LabelSpace):
+        labels = dataclasses.replace(labels, ignore=labels.ignore | ignore)
     else:
-        scoring = get_convention(convention, surface)  # type: ignore[arg-type]
-        if labels is None:
-            raise ValueError("labels are needed: pass a label map (label value -> name)")
-        if len(set(labels.values())) != len(labels):
-            raise ValueError(f"structure names must be unique, got {dict(labels)}")
-        if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
-            raise ValueError(f"NSD tolerance must be finite and >= 0 mm, got {nsd_tolerance}")
+        labels = LabelSpace(dict(labels), ignore)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    references = find_cases(ref_dir, ref_glob)
-    if not references:
-        raise ValueError(f"no reference files matching {ref_glob or 'a supported suffix'} under {ref_dir}")
-    predictions = find_cases(pred_dir, pred_glob)
-    missing = sorted(set(references) - set(predictions))
-    if missing and not allow_missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise ValueError(
-            f"no prediction under {pred_dir} for cases {shown} (pass --allow-missing to score them as failures)"
-        )
-    unmatched = sorted(set(predictions) - set(references))
-    if unmatched:
-        warnings.warn(f"predictions without reference ignored: {', '.join(unmatched[:10])}", stacklevel=2)
-    jobs = [(case, predictions.get(case), references[case]) for case in sorted(references)]
+    pairs, left_out = pair_cases(pred_dir, ref_dir, pred_glob, ref_glob, allow_missing, only_predicted)
     if cityscapes:
-        rows = _map_cases(_score_cityscapes_case, jobs, workers, progress)
+        evaluation = _cityscapes_evaluation(pairs, workers, progress)
     else:
-        score = partial(_score_volume_case, labels=labels, convention=scoring, nsd_tolerance=nsd_tolerance)
-        rows = _map_cases(score, jobs, workers, progress)
-    table = pd.DataFrame(rows)
-    summary: dict[str, Any] = {"n_cases": len(jobs), "cases": sorted(references), "missing": missing}
-    if cityscapes:
-        return _cityscapes_evaluation(table, summary)
-    ndim_columns = [c for c in size_columns(3) + size_columns(2) if c in table.columns]
-    columns = list(scoring.columns) + ndim_columns
-    per_structure, overall = _summarize(table, columns)
-    summary = {
-        "convention": scoring.describe(nsd_tolerance),
-        **summary,
-        "per_structure": per_structure,
-        "overall": overall,
-    }
-    return Evaluation(table=table, summary=summary, metric_columns=list(scoring.columns))
+        evaluation = evaluate_pairs(
+            pairs, labels, convention, nsd_tolerance, surface, workers, ref_space, resample_pred, progress
+        )
+    evaluation.summary["unpredicted_references"] = left_out
+    return evaluation
 
 
-def _cityscapes_evaluation(table: pd.DataFrame, summary: dict[str, Any]) -> Evaluation:
+def _cityscapes_evaluation(pairs: Sequence[CasePair], workers: int, progress: bool) -> Evaluation:
     from .cityscapes import class_iou, mean_iou
 
+    results = _map_cases(_score_cityscapes_case, pairs, workers, progress)
+    table = pd.DataFrame([row for rows, _ in results for row in rows])
     totals = table.groupby("label", sort=True)[["tp", "fp", "fn"]].sum()
     iou = class_iou({int(k): (int(r.tp), int(r.fp), int(r.fn)) for k, r in totals.iterrows()})
     names = table.drop_duplicates("label").set_index("label")["structure"]
@@ -554,8 +466,56 @@ def _cityscapes_evaluation(table: pd.DataFrame, summary: dict[str, Any]) -> Eval
             "ground truth and prediction (0/0) are left out of the mIoU. Per-image rows hold the counts."
         ),
     }
-    summary = {"convention": convention, **summary, "per_structure": per_structure, "overall": {"miou": mean_iou(iou)}}
+    summary = {
+        "convention": convention,
+        "n_cases": len(pairs),
+        "cases": [pair.case for pair in pairs],
+        "missing": [pair.case for pair in pairs if pair.prediction is None],
+        "per_structure": per_structure,
+        "overall": {"miou": mean_iou(iou)},
+    }
     return Evaluation(table=table, summary=summary, metric_columns=["iou"])
+
+
+def compare_to_baseline(
+    evaluation: Evaluation, baseline_csv: str | Path, seed: int = 0, allow_unmatched: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """Paired comparison (:func:`~medseg.metrics.stats.paired_comparison`) with an earlier ``metrics.csv``.
+
+    Cases are matched by case id (:func:`~medseg.metrics.cases.case_id`: ``img0007`` matches ``0007``). Cases or
+    structures in only one of the two tables are refused unless ``allow_unmatched``; then the common ones are
+    compared and the others returned, in words, for the report.
+    """
+    baseline = pd.read_csv(baseline_csv, dtype={"case": str})
+    method = evaluation.table.copy()
+    for name, table in (("this run", method), (str(baseline_csv), baseline)):
+        absent = sorted({"case", "structure", *evaluation.metric_columns} - set(table.columns))
+        if absent:
+            raise ValueError(f"{name} has no columns {absent}; compare metrics.csv files of one convention")
+        table["case"] = table["case"].astype(str).map(case_id)
+        twice = table[table.duplicated(["case", "structure"])]
+        if len(twice):
+            raise ValueError(f"{name} lists case {twice.case.iloc[0]!r} twice (case ids: docs/evaluation.md)")
+    unmatched = []
+    for column, what in (("case", "cases"), ("structure", "structures")):
+        ours, theirs = set(method[column]), set(baseline[column])
+        if ours - theirs:
+            unmatched.append(f"{what} only in this run: {_show(sorted(ours - theirs))}")
+        if theirs - ours:
+            unmatched.append(f"{what} only in the baseline: {_show(sorted(theirs - ours))}")
+    if unmatched and not allow_unmatched:
+        raise ValueError(
+            f"this run and the baseline {baseline_csv} do not cover the same cases and structures ("
+            + "; ".join(unmatched)
+            + "); a paired comparison needs the same ones: score both on one case set, or pass --allow-unmatched to "
+            "compare the common ones only"
+        )
+    cases = set(method.case) & set(baseline.case)
+    structures = set(method.structure) & set(baseline.structure)
+    if not cases or not structures:
+        raise ValueError(f"this run and the baseline {baseline_csv} share no case and structure")
+    keep = [t[t.case.isin(cases) & t.structure.isin(structures)] for t in (method, baseline)]
+    return paired_comparison(keep[0], keep[1], evaluation.metric_columns, seed=seed), unmatched
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -568,9 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref", required=True, type=Path, help="folder of references")
     names = parser.add_mutually_exclusive_group()
     names.add_argument(
-        "--labels", type=Path, help="label map JSON (flat, bundle metadata, dataset.json) or bundle folder"
+        "--labels",
+        help="label map JSON (flat, bundle metadata, dataset.json), or a bundle folder or name (its label_mapping "
+        "maps raw references, e.g. synapse_unet3d: BTCV 0..13 -> Synapse 0..8)",
     )
     names.add_argument("--num-classes", type=int, help="score labels 1..N-1, named label_1 ...")
+    parser.add_argument(
+        "--ignore-labels", type=int, nargs="+", default=[], metavar="V", help="void values left out of the scoring"
+    )
+    parser.add_argument(
+        "--ref-space",
+        default="auto",
+        choices=["auto", "raw", "bundle"],
+        help="with a bundle's label_mapping: references are raw (mapped) or in the bundle's labels (default: "
+        "decided from their values)",
+    )
     parser.add_argument(
         "--convention",
         default="clinical",
@@ -579,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
     parser.add_argument("--surface", default="voxels", choices=["voxels", "surfels"], help="surface representation")
-    parser.add_argument("--pred-glob", help="prediction file glob; text after the last * is cut to give the case id")
+    parser.add_argument("--pred-glob", help="prediction file glob; text after the last * is cut before the case id")
     parser.add_argument("--ref-glob", help="reference file glob (same rule)")
     parser.add_argument("--output", type=Path, help="output folder (default: <pred>/evaluation)")
     parser.add_argument(
@@ -591,24 +563,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="outputs to write (default: csv json md)",
     )
     parser.add_argument("--workers", type=int, default=1, help="cases scored in parallel processes")
-    parser.add_argument("--allow-missing", action="store_true", help="score missing predictions as empty")
+    cases = parser.add_mutually_exclusive_group()
+    cases.add_argument("--allow-missing", action="store_true", help="score missing predictions as empty")
+    cases.add_argument("--only-predicted", action="store_true", help="score only the references that have a prediction")
+    parser.add_argument(
+        "--resample-pred",
+        action="store_true",
+        help="resample a prediction on another grid onto its reference's (nearest neighbour, logged per case)",
+    )
     parser.add_argument("--compare-to", type=Path, help="a baseline metrics.csv: paired Wilcoxon test and bootstrap CI")
+    parser.add_argument(
+        "--allow-unmatched", action="store_true", help="with --compare-to: compare the common cases only"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (with --compare-to)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.labels is not None:
-        labels: dict[int, str] | None = read_label_map(args.labels)
-    elif args.num_classes is not None:
-        if args.num_classes < 2:
-            raise ValueError(f"--num-classes must be >= 2 (background and one structure), got {args.num_classes}")
-        labels = {k: f"label_{k}" for k in range(1, args.num_classes)}
-    elif args.convention == "cityscapes":
+    if args.convention == "cityscapes" and args.labels is None and args.num_classes is None:
         labels = None
     else:
-        raise ValueError("pass --labels (a label map JSON or bundle) or --num-classes")
+        labels = label_space(args.labels, args.num_classes, args.ignore_labels)
     evaluation = evaluate_folders(
         args.pred,
         args.ref,
@@ -621,30 +597,42 @@ def _run(args: argparse.Namespace) -> None:
         pred_glob=args.pred_glob,
         ref_glob=args.ref_glob,
         progress=not args.no_progress,
+        ignore_labels=args.ignore_labels if labels is None else (),
+        ref_space=args.ref_space,
+        resample_pred=args.resample_pred,
+        only_predicted=args.only_predicted,
     )
+    comparison = None
+    if args.compare_to is not None:
+        comparison, unmatched = compare_to_baseline(evaluation, args.compare_to, args.seed, args.allow_unmatched)
     output = args.output if args.output is not None else args.pred / "evaluation"
     written = evaluation.write(output, args.formats)
-    if args.compare_to is not None:
-        baseline = pd.read_csv(args.compare_to)
-        comparison = paired_comparison(evaluation.table, baseline, evaluation.metric_columns, seed=args.seed)
-        comparison.to_csv(output / "comparison.csv", index=False)
-        (output / "comparison.md").write_text(
+    if comparison is not None:
+        atomic_write_text(output / "comparison.csv", comparison.to_csv(index=False))
+        left_out = "".join(f"- Left out, {item}.\n" for item in unmatched)
+        atomic_write_text(
+            output / "comparison.md",
             f"# Paired comparison against {args.compare_to}\n\nmean difference = method − baseline; 95% percentile "
             f"bootstrap CI (10000 resamples, seed {args.seed}); two-sided Wilcoxon signed-rank p (unadjusted).\n\n"
+            + (f"{left_out}\n" if left_out else "")
             + comparison.to_markdown(index=False, floatfmt=".4g")
-            + "\n"
+            + "\n",
         )
         written += [output / "comparison.csv", output / "comparison.md"]
+        for item in unmatched:
+            print(f"note: compared on the common cases only; left out: {item}", file=sys.stderr)
     print(evaluation.summary_table().to_markdown())
+    for note in evaluation.notes():
+        print(f"note: {note}", file=sys.stderr)
     print("written: " + ", ".join(str(p) for p in written))
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` (from :func:`build_parser`) says, write the outputs, print the summary table.
 
-    Returns the exit status: 0, or 2 after printing the message of a bad input (missing case, unreadable file,
-    shape or spacing mismatch, bad label map) to stderr. ``medseg evaluate`` can call it with its own parsed
-    arguments (``sub.add_parser("evaluate", parents=[build_parser()], add_help=False)``).
+    Returns the exit status: 0, or 2 after printing the message of a refused input (docs/evaluation.md, "Bad
+    input") to stderr. ``medseg evaluate`` calls it with its own parsed arguments
+    (``sub.add_parser("evaluate", parents=[build_parser()], add_help=False)``).
     """
     try:
         _run(args)

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from medseg.metrics.evaluate import evaluate_folders, find_cases, main, read_label_image, read_label_map
+from medseg.metrics.evaluate import (
+    compare_to_baseline,
+    evaluate_folders,
+    find_cases,
+    main,
+    read_label_image,
+    read_label_map,
+)
 
 from ._masks import label_volume
 
@@ -195,7 +202,7 @@ def test_case_matching(tmp_path):
     # TransUNet's test_save_path: case0001_pred.nii.gz, case0001_gt.nii.gz and case0001_img.nii.gz in one folder
     for kind in ("pred", "gt", "img"):
         write(tmp_path / "out" / f"case0001_{kind}.nii.gz", volume)
-    assert find_cases(tmp_path / "out", "*_gt.nii.gz") == {"case0001": tmp_path / "out" / "case0001_gt.nii.gz"}
+    assert find_cases(tmp_path / "out", "*_gt.nii.gz") == {"0001": tmp_path / "out" / "case0001_gt.nii.gz"}
     evaluation = evaluate_folders(
         tmp_path / "out", tmp_path / "out", {1: "a"}, "transunet", pred_glob="*_pred.nii.gz", ref_glob="*_gt.nii.gz",
         progress=False,
@@ -281,3 +288,36 @@ def test_command_line_reports_bad_input_with_status_2(folders, capsys):
     (folders[0] / "case_c.nii.gz").unlink()
     assert main(["--pred", str(folders[0]), "--ref", str(folders[1]), "--num-classes", "3", "--no-progress"]) == 2
     assert "case_c" in capsys.readouterr().err
+
+
+def test_compare_to_a_baseline_on_other_cases_is_refused_unless_allowed(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--pred", str(folders[0]), "--ref", str(folders[1]), "--num-classes", "3", "--no-progress"]
+    assert main([*argv, "--output", str(out)]) == 0
+    baseline = pd.read_csv(out / "metrics.csv")
+    baseline = baseline[baseline.case != "case_c"]  # the baseline lacks a case
+    baseline.loc[baseline.case == "case_b", "case"] = "case_x"  # and names another one differently
+    baseline.to_csv(tmp_path / "baseline.csv", index=False)
+    compare = [*argv, "--output", str(out), "--compare-to", str(tmp_path / "baseline.csv")]
+    assert main(compare) == 2
+    err = capsys.readouterr().err
+    assert "cases only in this run: case_b, case_c" in err and "cases only in the baseline: case_x" in err
+    assert main([*compare, "--allow-unmatched"]) == 0
+    assert "left out: cases only in this run: case_b, case_c" in capsys.readouterr().err
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert (comparison.n == 1).all()  # case_a only
+    assert "cases only in the baseline: case_x" in (out / "comparison.md").read_text()
+
+
+def test_compare_to_matches_case_ids_across_naming_schemes(tmp_path):
+    for case, seed in (("0001", 0), ("0002", 2)):
+        write(tmp_path / "pred" / f"img{case}_seg.nii.gz", label_volume((6, 7, 8), 2, seed=seed))
+        write(tmp_path / "ref" / f"label{case}.nii.gz", label_volume((6, 7, 8), 2, seed=seed + 1))
+    evaluation = evaluate_folders(tmp_path / "pred", tmp_path / "ref", LABELS, progress=False)
+    assert sorted(evaluation.table.case.unique()) == ["0001", "0002"]
+    baseline = evaluation.table.assign(case="img" + evaluation.table.case, dice=evaluation.table.dice - 0.25)
+    baseline.to_csv(tmp_path / "demo_metrics.csv", index=False)  # the demo names its cases after the images
+    comparison, unmatched = compare_to_baseline(evaluation, tmp_path / "demo_metrics.csv")
+    assert unmatched == []
+    dice = comparison[comparison.metric == "dice"]
+    assert (dice.n == 2).all() and dice.mean_difference.to_numpy() == pytest.approx([0.25, 0.25, 0.25])
