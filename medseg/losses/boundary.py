@@ -39,6 +39,7 @@ __all__ = [
     "BoundaryLoss",
     "HausdorffDTLoss",
     "HausdorffERLoss",
+    "LogHausdorffDTLoss",
     "RegionWiseLoss",
     "ShapeAwareLoss",
     "UNetWeightedCELoss",
@@ -405,6 +406,16 @@ class HausdorffDTLoss(_MapLoss):
         if self.batch and self.reduction == "none":
             loss = loss.unsqueeze(0)
         return reduce(loss, self.reduction, input.ndim - 2)
+
+
+class LogHausdorffDTLoss(HausdorffDTLoss):
+    r"""MONAI's log form of :class:`HausdorffDTLoss`: :math:`\log(L_{HD} + 1)` of the reduced loss (per element
+    with ``reduction="none"``). Same arguments, defaults and numbers as MONAI's ``LogHausdorffDTLoss``; not in the
+    registry (a MONAI variant, not a loss of the survey).
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.log1p(super().forward(input, target, dist))
 
 
 def _cross_mean(values: torch.Tensor) -> torch.Tensor:
