@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,10 +114,13 @@ class AtomicDiskSaver(DiskSaver):
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` (same arguments) whose files are written atomically by :class:`AtomicDiskSaver`.
 
-    With ``save_key_metric``, the scores of the kept files go to ``<save_dir>/<file>.json`` (``model.pt.json``:
-    metric, score, epoch) after each save. A resumed run reads it back at its first validation, keeping the
-    entries of epochs before the current one, so ``model.pt`` stays the best model of the whole run rather than
-    of the part since the resume. ``key_metric_save_state`` is not supported (the state lives in that file).
+    * A save that fails (a full disk) leaves the earlier files and the saver's list of them as they were.
+    * Interval checkpoints (``last_checkpoint_epoch=N.pt``): at the first save of a resumed run, the files of the
+      same name pattern from before the resume count towards ``n_saved`` too, so resuming leaves no extra files.
+    * With ``save_key_metric``, the scores of the kept files go to ``<save_dir>/<file>.json`` (``model.pt.json``:
+      metric, score, epoch) after each save. A resumed run reads it back at its first validation, keeping the
+      entries of epochs before the current one, so ``model.pt`` stays the best model of the whole run rather
+      than of the part since the resume. ``key_metric_save_state`` is not supported (the state is in that file).
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
@@ -126,12 +130,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
             )
         super().__init__(save_dir, save_dict, **kwargs)
         self.key_metric_filename = kwargs.get("key_metric_filename")
+        self.key_metric_name = kwargs.get("key_metric_name")
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 fixed = getattr(checkpoint.save_handler, "filename", None)
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=fixed)
         self._key_metric_epochs: dict[str, int] = {}
         self._key_metric_restored = False
+        self._earlier_intervals_counted = False
 
     @property
     def key_metric_record(self) -> Path | None:
@@ -140,25 +146,61 @@ class AtomicCheckpointSaver(CheckpointSaver):
             return None
         return Path(self.save_dir) / f"{self.key_metric_filename or 'key_metric_checkpoints'}.json"
 
+    def completed(self, engine) -> None:
+        with _unchanged_on_failure(self._final_checkpoint):
+            super().completed(engine)
+
+    def interval_completed(self, engine) -> None:
+        with _unchanged_on_failure(self._interval_checkpoint):
+            super().interval_completed(engine)
+        if not self._earlier_intervals_counted:
+            self._earlier_intervals_counted = True
+            self._remove_earlier_intervals()
+
     def metrics_completed(self, engine) -> None:
         if not self._key_metric_restored:
             self._restore_key_metric_state(engine.state.epoch)
             self._key_metric_restored = True
         saved_before = list(self._key_metric_checkpoint._saved)
-        super().metrics_completed(engine)
+        with _unchanged_on_failure(self._key_metric_checkpoint):
+            super().metrics_completed(engine)
         new_items = [item for item in self._key_metric_checkpoint._saved if item not in saved_before]
         if new_items:
             for item in new_items:
                 self._key_metric_epochs[item.filename] = engine.state.epoch
             self._write_key_metric_state(engine)
 
+    def _remove_earlier_intervals(self) -> None:
+        """Delete the interval files a run before the resume left, beyond ``n_saved`` with this run's ones."""
+        checkpoint = self._interval_checkpoint
+        if checkpoint.n_saved is None or not checkpoint._saved:
+            return
+        newest = checkpoint._saved[-1]
+        score = re.escape(f"={newest.priority}.")  # ignite names them <prefix>_<name>_epoch=<N>.pt
+        pattern = re.compile(re.escape(newest.filename).replace(score, r"=(\d+)\.", 1) + "$")
+        ours = {item.filename for item in checkpoint._saved}
+        earlier = []
+        for path in Path(self.save_dir).iterdir():
+            match = pattern.match(path.name)
+            if match and path.name not in ours and int(match.group(1)) < newest.priority:
+                earlier.append((int(match.group(1)), path))
+        keep = max(checkpoint.n_saved - len(checkpoint._saved), 0)
+        for _, path in sorted(earlier)[: len(earlier) - keep]:
+            logger.info("removing %s: newer checkpoints of this run replace it", path.name)
+            path.unlink(missing_ok=True)
+
     def _write_key_metric_state(self, engine) -> None:
         epochs = self._key_metric_epochs
-        saved = [
-            {"filename": item.filename, "priority": float(item.priority), "epoch": epochs[item.filename]}
+        saved = [  # "filename": ignite's name for the entry, "file": the one written (key_metric_filename)
+            {
+                "file": self.key_metric_filename or item.filename,
+                "epoch": epochs[item.filename],
+                "priority": float(item.priority),
+                "filename": item.filename,
+            }
             for item in self._key_metric_checkpoint._saved
         ]
-        name = getattr(engine.state, "key_metric_name", None)
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
         atomic_write_text(self.key_metric_record, json.dumps({"key_metric": name, "saved": saved}, indent=2))
 
     def _restore_key_metric_state(self, epoch: int) -> None:
@@ -167,18 +209,31 @@ class AtomicCheckpointSaver(CheckpointSaver):
             return
         try:
             saved = json.loads(record.read_text())["saved"]
+            kept = [s for s in saved if s["epoch"] < epoch and (Path(self.save_dir) / s["file"]).is_file()]
         except (ValueError, KeyError, TypeError) as error:
             logger.warning("ignoring %s (%s): the next validation decides the best model afresh", record, error)
             return
-        kept = [s for s in saved if s["epoch"] < epoch and (Path(self.save_dir) / s["filename"]).is_file()]
         self._key_metric_checkpoint._saved = [Checkpoint.Item(s["priority"], s["filename"]) for s in kept]
         self._key_metric_epochs = {s["filename"]: s["epoch"] for s in kept}
         if kept:
             logger.info("best models so far (from %s): %s", record.name, ", ".join(_describe_saved(s) for s in kept))
 
 
+@contextlib.contextmanager
+def _unchanged_on_failure(checkpoint: Checkpoint | None) -> Iterator[None]:
+    """ignite updates its list of saved files before it saves: undo that (and the held-back removals) on failure."""
+    saved = list(checkpoint._saved) if checkpoint is not None else []
+    try:
+        yield
+    except BaseException:
+        if checkpoint is not None:
+            checkpoint._saved = saved
+            checkpoint.save_handler.pending_removal = []
+        raise
+
+
 def _describe_saved(entry: Mapping[str, Any]) -> str:
-    return f"{entry['filename']} (epoch {entry['epoch']}, score {entry['priority']:.4f})"
+    return f"{entry['file']} (epoch {entry['epoch']}, score {entry['priority']:.4f})"
 
 
 def epoch_checkpoints(ckpt_dir: str | Path) -> list[Path]:

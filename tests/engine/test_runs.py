@@ -1,0 +1,128 @@
+"""One run per folder: the lock, the run's config beside its checkpoints, and what a fresh start does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from medseg.engine import rebalance_schedule
+from medseg.runs import RunFolder, RunFolderError, config_hash, default_run_folder, describe
+from medseg.transforms import DistanceMapd
+
+
+def process_start(pid: int) -> str | None:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def write_lock(root, pid: int, host: str | None = None) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    owner = {"pid": pid, "host": host or socket.gethostname(), "started": "then", "process_start": process_start(pid)}
+    (root / "run.lock").write_text(json.dumps(owner))
+
+
+def folder(tmp_path, config=None, resume=True) -> RunFolder:
+    return RunFolder(tmp_path, tmp_path / "models", config if config is not None else {"loss": "dice"}, resume)
+
+
+def test_a_folder_locked_by_a_live_process_refuses(tmp_path):
+    write_lock(tmp_path, os.getppid())
+    with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {os.getppid()} on"):
+        folder(tmp_path).open()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getppid()
+
+
+def test_a_folder_locked_on_another_machine_refuses(tmp_path):
+    write_lock(tmp_path, 12345, host="elsewhere")
+    with pytest.raises(RunFolderError, match=r"a run on another machine .*delete .*run\.lock"):
+        folder(tmp_path).open()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_lock(tmp_path, gone.pid)
+    with caplog.at_level(logging.INFO):
+        run = folder(tmp_path).open()
+    assert f"pid {gone.pid}, which is gone" in caplog.text
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    run.close()
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_lock_this_process_left_behind_is_taken_over(tmp_path):
+    folder(tmp_path).open()  # a run that raised before closing
+    folder(tmp_path).open().close()
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_an_unreadable_old_lock_is_taken_over(tmp_path):
+    (tmp_path / "run.lock").write_text("{not json")
+    os.utime(tmp_path / "run.lock", (0, 0))
+    folder(tmp_path).open().close()
+
+
+def fake_checkpoint(tmp_path, epoch: int = 1) -> None:
+    torch.save({"trainer": {"epoch": epoch}}, tmp_path / "models" / f"last_checkpoint_epoch={epoch}.pt")
+
+
+def test_resume_needs_the_same_config(tmp_path):
+    folder(tmp_path, {"loss": "dice", "lr": 0.01}).open().close()
+    fake_checkpoint(tmp_path)
+    folder(tmp_path, {"loss": "dice", "lr": 0.01}).open().close()  # same run: resumes
+    with pytest.raises(RunFolderError) as info:
+        folder(tmp_path, {"loss": "focal", "lr": 0.01}).open()
+    assert 'loss: "dice" -> "focal"' in str(info.value) and "lr" not in str(info.value).split("(")[1].split(")")[0]
+    assert "--bundle-root" in str(info.value) and "--no-resume" in str(info.value)
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_checkpoints_without_a_recorded_config_are_not_resumed(tmp_path):
+    (tmp_path / "models").mkdir(parents=True)
+    fake_checkpoint(tmp_path)
+    with pytest.raises(RunFolderError, match=r"no run_config\.json"):
+        folder(tmp_path).open()
+
+
+def test_a_fresh_start_moves_the_earlier_run_aside_and_clears_unfinished_writes(tmp_path):
+    folder(tmp_path, {"loss": "dice"}).open().close()
+    fake_checkpoint(tmp_path)
+    (tmp_path / "models" / "model.pt").write_bytes(b"best")
+    (tmp_path / "models" / "model.pt.json").write_text("{}")
+    (tmp_path / "models" / "last_checkpoint_epoch=2.pt.123.ab12.partial").write_bytes(b"half")
+    folder(tmp_path, {"loss": "focal"}, resume=False).open().close()
+    (aside,) = (tmp_path / "models").glob("replaced-*")
+    moved = ["last_checkpoint_epoch=1.pt", "model.pt", "model.pt.json", "run_config.json"]
+    assert sorted(p.name for p in aside.iterdir()) == moved
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [aside.name, "run_config.json"]
+    assert json.loads((tmp_path / "models" / "run_config.json").read_text())["config"] == {"loss": "focal"}
+
+
+def test_describe_tells_configs_apart_by_what_they_train(tmp_path, monkeypatch):
+    def unet(channels):
+        return UNet(3, 1, 9, channels=channels, strides=(2, 2))
+
+    same = [describe({"network": unet((4, 8, 16)), "schedule": rebalance_schedule("dice", "boundary")}) for _ in "ab"]
+    assert config_hash(same[0]) == config_hash(same[1])  # separate objects, one config
+    assert " at 0x" not in json.dumps(same[0])
+    assert describe(unet((4, 8, 16))) != describe(unet((4, 8, 32)))
+    assert describe(rebalance_schedule("dice", "boundary")) != describe(rebalance_schedule("dice", "boundary", 0.02))
+    signed, layered = (describe(DistanceMapd("label", mode=m)) for m in ("signed", "unsigned"))
+    assert signed != layered
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert describe(["./data", "dice"]) == [str(tmp_path / "data"), "dice"]
+
+
+def test_medseg_train_folders_are_named_after_bundle_and_loss():
+    assert str(default_run_folder("synapse_unet3d", "ce+dice")) == os.path.join("runs", "synapse_unet3d-ce+dice")
+    assert default_run_folder("bundles/cityscapes_2d", "/home/me/my_loss.json").name == "cityscapes_2d-my_loss"
