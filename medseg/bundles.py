@@ -8,14 +8,17 @@ does the same thing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from monai.bundle import run
 
+from medseg.console import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 #: synapse_unet3d at CPU size (demo, tiny study grid): 48² synthetic volumes resampled to 8 × 8 × 16 mm voxels,
-#: 32 × 32 × 16 patches, a 3-level UNet; 120 epochs of 2–3 iterations take under a minute on 2 cores.
+#: 32 × 32 × 16 patches, a 3-level UNet, no Dice on the training batches (a CPU cost no result reads).
 CPU_UNET3D = {
     "max_epochs": 120,
     "val_interval": 40,
@@ -28,7 +31,13 @@ CPU_UNET3D = {
     "network_def#channels": [8, 16, 32],
     "network_def#strides": [2, 2],
     "network_def#num_res_units": 0,
+    "train#trainer#key_train_metric": "$None",
+    "train#trainer#postprocessing": "$None",
 }
+#: ``medseg demo``'s schedule: DEMO_EPOCHS epochs of DEMO_ITERATIONS iterations (Ignite's ``epoch_length``: the
+#: data loader restarts within an epoch), the same 240 iterations as 120 epochs of the 4 training cases, with a
+#: tenth of the per-epoch work (checkpoints, validation, log lines). docs/runtimes.md has the measured time.
+DEMO_EPOCHS, DEMO_ITERATIONS = 12, 20
 BUNDLES = REPO / "bundles"
 LOSS_OVERLAYS = REPO / "configs" / "losses"
 
@@ -39,21 +48,42 @@ def bundle_configs(bundle: str) -> Path:
     configs = folder / "configs"
     if not (configs / "train.json").is_file():
         known = sorted(p.name for p in BUNDLES.glob("*") if (p / "configs" / "train.json").is_file())
-        raise ValueError(f"no bundle {bundle!r} (looked in {configs}); bundles: {', '.join(known)}")
+        raise UserError(f"no bundle {bundle!r} (looked in {configs})", hint=f"bundles: {', '.join(known)}")
     return configs
 
 
-def loss_overlay(loss: str) -> Path:
-    """The config overlay ``configs/losses/<loss>.json`` that selects ``loss``."""
-    path = LOSS_OVERLAYS / f"{loss}.json"
-    if not path.is_file():
+def loss_overlay(loss: str | Path) -> Path:
+    """The config overlay that selects ``loss``: a registered name or an explicit path to an existing file.
+
+    A name (no path separator, no file suffix: ``dice_ce``, ``ce+focal``) is ``configs/losses/<name>.json`` and
+    never resolves outside that folder; anything written as a path (``./mine.json``, ``/data/x.yaml``) must be an
+    existing file. Raises :class:`~medseg.console.UserError` otherwise, with the closest names as a hint.
+    """
+    text = str(loss)
+    names = sorted(p.stem for p in LOSS_OVERLAYS.glob("*.json"))
+    if isinstance(loss, Path) or any(sep and sep in text for sep in (os.sep, os.altsep, "/")) or Path(text).suffix:
+        if not Path(text).expanduser().is_file():
+            hint = "a loss is a name from configs/losses/ (e.g. dice_ce) or the path of an existing overlay file"
+            raise UserError(f"no loss overlay file {text}", hint=hint)
+        return Path(text).expanduser()
+    if text not in names:
         import difflib
 
-        names = sorted(p.stem for p in LOSS_OVERLAYS.glob("*.json"))
-        close = difflib.get_close_matches(loss, names, n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"no loss overlay {path.name}{hint} (available: {', '.join(names)})")
-    return path
+        close = difflib.get_close_matches(text, names, n=4, cutoff=0.5)
+        hint = (f"did you mean {', '.join(close)}? " if close else "") + f"{len(names)} names in configs/losses/"
+        raise UserError(f"no loss overlay {text!r}", hint=hint + "; a path to your own overlay file works too")
+    return LOSS_OVERLAYS / f"{text}.json"
+
+
+def logging_file(configs: Path) -> str | bool:
+    """The bundle's ``logging.conf``, or ``False`` (leave logging alone) when the program set up logging itself.
+
+    Like :func:`logging.basicConfig`: a program whose root logger has handlers (the ``medseg`` command, a
+    script, pytest) keeps its set-up; a bare ``monai.bundle``-style call gets the bundle's.
+    """
+    import logging
+
+    return False if logging.getLogger().handlers else str(configs / "logging.conf")
 
 
 def train_folder(bundle: str, loss: str | None = None, bundle_root: str | Path | None = None) -> Path:
@@ -77,41 +107,56 @@ def train(bundle: str, loss: str | None = None, bundle_root: str | Path | None =
     configs = bundle_configs(bundle)
     root = train_folder(bundle, loss, bundle_root)
     files = [str(configs / "train.json")] + ([str(loss_overlay(loss))] if loss else [])
-    run(config_file=files, logging_file=str(configs / "logging.conf"), bundle_root=str(root), **overrides)
+    run(config_file=files, logging_file=logging_file(configs), bundle_root=str(root), **overrides)
     return root
 
 
 def infer(bundle: str, bundle_root: str | Path, **overrides: Any) -> None:
     """Sliding-window inference with the bundle's ``models/model.pt``; predictions go to ``output_dir``."""
     configs = bundle_configs(bundle)
-    run(config_file=str(configs / "inference.json"), bundle_root=str(bundle_root), **overrides)
+    files = str(configs / "inference.json")
+    run(config_file=files, logging_file=logging_file(configs), bundle_root=str(bundle_root), **overrides)
 
 
 def demo(
     out: str | Path = "medseg_demo",
     loss: str = "dice_ce",
-    epochs: int = 120,
+    epochs: int = DEMO_EPOCHS,
     cases: int = 8,
     size: int = 48,
     seed: int = 0,
+    iterations: int = DEMO_ITERATIONS,
 ):
     """The README's main job: synthetic BTCV → train ``synapse_unet3d`` on CPU → infer → per-organ table.
 
-    Writes synthetic data in the raw BTCV layout, trains a small 3D UNet with ``loss`` for ``epochs`` epochs,
-    predicts the test cases with sliding-window inference (NIfTI in the input's grid) and scores them in mm
-    (``clinical`` convention). Returns the per-organ summary table (pandas).
+    Checks ``loss`` first (nothing is written for a wrong name), writes synthetic data in the raw BTCV layout,
+    trains a small 3D UNet with ``loss`` for ``epochs`` epochs of ``iterations`` iterations (the model kept is the
+    best on the validation case), predicts the test cases with sliding-window inference (NIfTI in the input's
+    grid) and scores them in mm (``clinical`` convention). Returns the per-organ summary table (pandas).
     """
+    import logging
+
     from medseg.data.synthetic import make_synapse
 
+    loss_overlay(loss)
     out = Path(out)
+    log = logging.getLogger("medseg.demo")
+    log.info("writing %d synthetic BTCV cases (%d² voxels in-plane) to %s", cases, size, out / "data")
     data = make_synapse(out / "data", layout="btcv", cases=cases, size=size, seed=seed, datalist=True)
     run_size = {**CPU_UNET3D, "max_epochs": epochs, "val_interval": max(epochs // 3, 1)}
+    run_size["train#trainer#epoch_length"] = iterations
+    log.info(
+        "training synapse_unet3d with %s: %d epochs of %d iterations, in %s", loss, epochs, iterations, out / "run"
+    )
     train("synapse_unet3d", loss, out / "run", dataset_dir=str(data), resume=False, seed=seed, **run_size)
     inference_ids = ("roi_size", "pixdim", "network_def#channels", "network_def#strides", "network_def#num_res_units")
     small = {k: CPU_UNET3D[k] for k in inference_ids}
+    log.info("predicting and scoring the test cases")
     infer("synapse_unet3d", out / "run", dataset_dir=str(data), output_dir=str(out / "predictions"), **small)
     table = score_btcv_predictions(out / "predictions", data)
-    table.to_csv(out / "metrics.csv", index=False)
+    partial = out / "metrics.csv.partial"
+    table.to_csv(partial, index=False)
+    partial.replace(out / "metrics.csv")
     return table.groupby("structure", sort=False)[["dice", "hd95_mm", "assd_mm", "nsd"]].mean()
 
 

@@ -1,6 +1,6 @@
 """A quick look at the losses: train a small MONAI UNet on synthetic 2D shapes with each loss, compare Dice.
 
-Runs on the CPU in about a minute with the defaults; ``medseg demo --help`` lists the options.
+``medseg shapes`` runs it (``medseg shapes --help`` lists the options; docs/runtimes.md has its measured time).
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ def build_demo_loss(name: str) -> torch.nn.Module:
     return get_loss(name, **kwargs)
 
 
+def check_demo_losses(names) -> None:
+    """Raise one :class:`~medseg.console.UserError` naming every loss in ``names`` the demo cannot build."""
+    from medseg.console import UserError
+
+    problems = []
+    for name in names:
+        try:
+            build_demo_loss(name)
+        except (ValueError, KeyError, TypeError) as err:
+            problems.append(f"{name}: {str(err).split(' (registered')[0]}")
+    if problems:
+        raise UserError("cannot run " + "; ".join(problems), hint="medseg losses lists the registered losses")
+
+
 def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
     """Train a small UNet with ``loss_name`` for ``steps`` steps; return validation Dice per class."""
     torch.manual_seed(seed)
@@ -84,7 +98,11 @@ def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
 
 
 def run_demo(losses=DEFAULT_LOSSES, steps: int = 300, seed: int = 0) -> pd.DataFrame:
-    """Train with each loss and return one row per loss (validation Dice per structure, time)."""
+    """Train with each loss and return one row per loss (validation Dice per structure, time).
+
+    Every loss is built first (:func:`check_demo_losses`), so a wrong name stops the run before any training.
+    """
+    check_demo_losses(losses)
     data = synthetic_shapes(128, seed=seed)
     val = synthetic_shapes(32, seed=seed + 1)
     rows = [train_one(name, steps, seed, data, val) for name in tqdm(losses, desc="losses")]

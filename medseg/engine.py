@@ -10,7 +10,6 @@ the engine's outputs, metrics and handlers stay standard. :class:`LossWeightSche
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -204,15 +203,6 @@ class ResumeFromCheckpoint:
         CheckpointLoader(str(self.loaded_from), self.load_dict, map_location=self.map_location).attach(engine)
 
 
-def progress_bar():
-    """Ignite's progress bar when the output is a terminal (log files get MONAI's StatsHandler lines instead)."""
-    if not sys.stderr.isatty():
-        return None
-    from ignite.contrib.handlers import ProgressBar
-
-    return ProgressBar(persist=True)
-
-
 def enabled_handlers(handlers: Sequence[Any], loss_schedule: Callable | None = None, loss: nn.Module | None = None):
     """The bundle's handler list without ``None`` entries, plus a :class:`LossWeightSchedule` when configured."""
     out = [h for h in handlers if h is not None]
@@ -220,8 +210,7 @@ def enabled_handlers(handlers: Sequence[Any], loss_schedule: Callable | None = N
         if loss is None:
             raise ValueError("a loss_schedule needs the loss it schedules")
         out.append(LossWeightSchedule(loss, loss_schedule))
-    bar = progress_bar()
-    return out if bar is None else [*out, bar]
+    return out  # the progress bar over epochs is the bundles' medseg.console.EpochSummary
 
 
 def check_num_classes(network: nn.Module, num_classes: int, roi_size: Sequence[int] | None = None) -> None:
