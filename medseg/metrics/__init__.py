@@ -1,8 +1,10 @@
 """Evaluation metrics for segmentation: overlap, surface distances, scoring conventions, folder evaluation, stats.
 
-``medseg.metrics.evaluate`` is the folder evaluation behind ``scripts/evaluate.py`` and ``medseg evaluate``;
-``medseg.metrics.cityscapes`` the official Cityscapes class IoU (imported on use: it reads the label table of
-:mod:`medseg.data.cityscapes`).
+``medseg.metrics.evaluate`` is the folder evaluation behind ``scripts/evaluate.py`` and ``medseg evaluate``, built
+from one module per job: ``cases`` (case ids and pairing), ``reading`` (files read whole, with their grid),
+``labels`` (label spaces, value checks, a bundle's label mapping), ``geometry`` (grid comparison, resampling on
+request) and ``report`` (summary and output files). ``medseg.metrics.cityscapes`` is the official Cityscapes
+class IoU (imported on use: it reads the label table of :mod:`medseg.data.cityscapes`).
 """
 
 from .conventions import CONVENTIONS, WORST_DISTANCE, Convention, get_convention

@@ -132,3 +132,14 @@ def test_references_already_in_the_bundle_labels_are_not_mapped_twice(btcv, tmp_
     (tmp_path / "case0001.nii.gz").write_bytes(raw.read_bytes())  # one raw reference among Synapse ones
     with pytest.raises(ValueError, match="keep one kind of reference per folder"):
         evaluate_folders(btcv / "pred", tmp_path, labels, ref_space="bundle", progress=False)
+
+
+def test_one_folder_of_pred_and_gt_files_needs_no_globs(tmp_path):
+    """synapse_transunet's eval/ (TransUNet's test_save_path): case0001_pred, case0001_gt, case0001_img."""
+    volume = np.zeros((6, 7, 8), dtype=np.uint8)
+    volume[1:4, 2:5, 3:6] = 5  # liver in Synapse labels
+    for kind in ("pred", "gt", "img"):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / f"case0001_{kind}.nii.gz")
+    table = evaluate_folders(tmp_path, tmp_path, bundle_label_space("synapse_transunet"), progress=False).table
+    assert table.case.unique().tolist() == ["0001"]
+    assert table.set_index("structure").loc["liver", "dice"] == 1.0
