@@ -33,6 +33,9 @@ from .synapse import (
     synapse_volume_transforms,
 )
 from .synthetic import make_cityscapes, make_synapse
+from .synthetic_mri import make_msd, make_nnunet
+from .user_dataset import read_user_dataset, user_datalist
+from .user_transforms import DropIgnoredd, SavePredictiond, UnsqueezeAxisd, user_transforms
 
 __all__ = [
     "BTCV_LABELS",
@@ -46,10 +49,13 @@ __all__ = [
     "TRAIN_ID_TO_LABEL_ID",
     "CheckAlignedd",
     "CityscapesTrainIdsd",
+    "DropIgnoredd",
     "LoadArrayd",
     "MapLabelsd",
     "NnUNetAugmentd",
     "ReadImaged",
+    "SavePredictiond",
+    "UnsqueezeAxisd",
     "btcv_cases",
     "btcv_datalist",
     "btcv_transforms",
@@ -59,8 +65,11 @@ __all__ = [
     "cityscapes_transforms",
     "labelids_to_trainids",
     "make_cityscapes",
+    "make_msd",
+    "make_nnunet",
     "make_synapse",
     "prediction_filename",
+    "read_user_dataset",
     "save_labelids_png",
     "split_cases",
     "synapse_datalist",
@@ -69,4 +78,6 @@ __all__ = [
     "synapse_volume_transforms",
     "trainids_to_labelids",
     "training_part",
+    "user_datalist",
+    "user_transforms",
 ]

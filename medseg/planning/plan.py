@@ -226,13 +226,21 @@ def plan_dataset(
     return plan
 
 
-def ensure_plan(plan_file: str | Path, dataset_dir: str | Path) -> dict[str, Any]:
-    """The plan at ``plan_file`` for ``dataset_dir``, planned and written first if the file does not exist.
+def ensure_plan(plan_file: str | Path, dataset_dir: str | Path, create: bool = True) -> dict[str, Any]:
+    """The plan at ``plan_file`` for ``dataset_dir``; with ``create``, planned and written first if it is missing.
+
+    Training creates it; evaluation and inference (``create=False``) need the plan the model was trained with.
 
     Raises:
+        FileNotFoundError: no plan file and ``create`` is false.
         ValueError: ``plan_file`` holds the plan of another dataset folder (both are named).
     """
     plan_file, dataset_dir = Path(plan_file), Path(dataset_dir)
+    if not plan_file.is_file() and not create:
+        raise FileNotFoundError(
+            f"no plan file {plan_file}: evaluation and inference need the plan the model was trained with "
+            "(training writes it to <bundle_root>/plan.json; pass plan_file=... if it lies elsewhere)"
+        )
     if not plan_file.is_file():
         logger.info("no plan at %s: planning %s", plan_file, dataset_dir)
         plan = plan_dataset(dataset_dir, plan_file, progress=False)

@@ -33,6 +33,8 @@ __all__ = [
 
 #: Smallest feature map side at the bottleneck (nnU-Net's ``UNet_featuremap_min_edge_length``).
 MIN_EDGE = 4
+#: Fewest stages of a U-Net (MONAI's DynUNet needs three: input, one downsampling, bottleneck).
+MIN_STAGES = 3
 #: nnU-Net's smallest batch size.
 MIN_BATCH = 2
 #: Largest fraction of the dataset's voxels one batch may cover (nnU-Net's overfitting guard).
@@ -148,6 +150,9 @@ def configure(
     """
     budget = memory_gb * 1024**3
     patch = _initial_patch(spacing, median_shape)
+    if len(pooling(spacing, patch)["strides"]) < MIN_STAGES:  # tiny images: a patch larger than the image, padded
+        finest = min(spacing)
+        patch = [max(p, 4 * MIN_EDGE) if s / finest < 2 else p for p, s in zip(patch, spacing, strict=True)]
 
     def topology(p: Sequence[int]) -> tuple[dict[str, Any], list[int], float]:
         net = pooling(spacing, p)
@@ -158,6 +163,8 @@ def configure(
         return net, filters, memory
 
     net, filters, per_sample = topology(patch)
+    if len(net["strides"]) < MIN_STAGES:
+        raise ValueError(f"cannot plan a U-Net of {MIN_STAGES} stages for images of median shape {list(median_shape)}")
     weights_memory = estimate_memory(net["patch_size"], net["strides"], net["kernel_size"], filters, 0, 0, 0)
     while (per_sample - weights_memory) * MIN_BATCH + weights_memory > budget and max(patch) > 1:
         ratios = [p / m for p, m in zip(net["patch_size"], median_shape, strict=True)]
