@@ -1,4 +1,4 @@
-"""The ``medseg`` command line: ``demo``, ``train``, ``evaluate``, ``shapes``, ``compare``, ``losses``.
+"""The ``medseg`` command line: ``demo``, ``plan``, ``train``, ``evaluate``, ``shapes``, ``compare``, ``losses``.
 
 Each command checks its names and paths before it writes or trains anything. A mistake is reported in one line
 plus a hint (exit status 2); a run that fails reports the error MONAI wrapped, in one line (exit status 1).
@@ -73,6 +73,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["max_epochs"] = args.max_epochs
     if args.no_resume:
         overrides["resume"] = False
+    if args.fold is not None:
+        overrides["fold"] = args.fold
     resume = "a rerun resumes it" if overrides.get("resume", True) else "starting afresh"
     print(f"run folder: {root} ({resume})")
     train(args.bundle, args.loss, root, **overrides)
@@ -94,6 +96,24 @@ def _parse_override(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from medseg.planning import plan_dataset, plan_summary
+
+    if not Path(args.dataset).is_dir():
+        raise UserError(f"dataset {args.dataset} is not a folder", hint="give an nnU-Net v2 raw or MSD dataset folder")
+    _check_output_folder(Path(args.out).parent, "--out")
+    try:
+        plan = plan_dataset(args.dataset, args.out, args.gpu_memory, args.cpu_memory, args.max_cases, seed=args.seed)
+    except (ValueError, FileNotFoundError) as err:  # the dataset breaks a rule of its layout: the user's to fix
+        raise UserError(str(err), hint="docs/own_dataset.md describes both layouts") from err
+    print(plan_summary(plan))
+    print(
+        f"\nwritten: {args.out}; train with: medseg train generic_3d --dataset-dir {args.dataset} "
+        f"--override plan_file={args.out}"
+    )
+    return 0
 
 
 def _losses(args: argparse.Namespace) -> int:
@@ -144,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start afresh in the run folder; its earlier checkpoints move to models/replaced-<time>/",
     )
     train.add_argument("--max-epochs", type=_positive_int)
+    train.add_argument("--fold", type=int, help="generic_3d: cross-validation fold 0..4 instead of the seeded split")
     train.add_argument("--override", nargs="*", default=[], help="config ids, e.g. batch_size=4 roi_size=[64,64,64]")
     train.set_defaults(func=_train)
     from medseg.metrics.evaluate import build_parser as evaluate_parser
@@ -156,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--steps", type=_positive_int, default=300, help="training steps per loss")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.set_defaults(func=_shapes)
+    plan = sub.add_parser("plan", help="fingerprint an nnU-Net v2 raw or MSD dataset and write its plan.json")
+    plan.add_argument("dataset", help="the dataset folder (holding dataset.json)")
+    plan.add_argument("--out", default="plan.json", help="the plan file to write (default: plan.json)")
+    plan.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory budget in GB (default 8)")
+    plan.add_argument("--cpu-memory", type=float, default=0.5, help="memory budget of the cpu configuration, GB")
+    plan.add_argument("--max-cases", type=_positive_int, default=50, help="cases sampled for intensities (50)")
+    plan.add_argument("--seed", type=int, default=1234, help="seed of the case and voxel sampling")
+    plan.set_defaults(func=_plan)
     sub.add_parser("compare", help="run a loss-by-network grid and write the survey's tables and plots")
     losses = sub.add_parser("losses", help="list the registered losses")
     losses.add_argument("--family", choices=["pixel", "region", "boundary", "compound", "extra"])

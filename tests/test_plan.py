@@ -247,3 +247,28 @@ def test_make_plan_masks_z_scoring_to_the_non_zero_region_when_cropping_removes_
     fingerprint = extract_fingerprint(dataset, progress=False)
     fingerprint["median_relative_size_after_crop"] = 0.5  # as BraTS: brains in a zero background
     assert all(c["use_nonzero_mask"] for c in make_plan(dataset, fingerprint)["channels"])
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+
+def test_medseg_plan_writes_the_plan_and_prints_its_summary(tmp_path, nnunet_root, capsys):
+    from medseg.cli import main
+
+    assert main(["plan", str(nnunet_root), "--out", str(tmp_path / "p" / "plan.json")]) == 0
+    assert load_plan(tmp_path / "p" / "plan.json")["num_classes"] == 3
+    out = capsys.readouterr().out
+    assert "target spacing" in out and "gpu: patch" in out and "medseg train generic_3d" in out
+
+
+def test_medseg_plan_names_the_missing_field_in_one_line(tmp_path, nnunet_root, capsys):
+    from medseg.cli import main
+
+    root = shutil.copytree(nnunet_root, tmp_path / "d")
+    data = json.loads((root / "dataset.json").read_text())
+    del data["file_ending"]
+    (root / "dataset.json").write_text(json.dumps(data))
+    assert main(["plan", str(root), "--out", str(tmp_path / "plan.json")]) == 2
+    error = capsys.readouterr().err
+    assert "'file_ending'" in error and str(root / "dataset.json") in error and "Traceback" not in error
+    assert not (tmp_path / "plan.json").exists()
