@@ -2,7 +2,7 @@
 
 The case sets are read from what the configs hand to MONAI (``train#dataset#data``, ``validate#dataset#data``,
 ``dataset#data`` of inference), resolved by MONAI's ``ConfigParser``, and compared by case: a BTCV/Synapse case
-number, or a Cityscapes image name.
+number, a Cityscapes image name, or a user dataset's case name.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import medseg.engine
 from medseg import study
 from medseg.data import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES
 from medseg.data.synthetic import make_synapse
+from medseg.data.synthetic_mri import make_nnunet
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -38,7 +39,8 @@ def case_of(path: str | Path) -> int | str:
 
 
 def cases(datalist: Iterable[Mapping[str, Any]]) -> set:
-    return {case_of(item["image"]) for item in datalist}
+    """The cases of a datalist: a user dataset's items name their case (their images are lists of channel files)."""
+    return {item["name"] if isinstance(item["image"], list) else case_of(item["image"]) for item in datalist}
 
 
 def parse(config_files: str | list[str], overrides: Mapping[str, Any]) -> ConfigParser:
@@ -114,12 +116,28 @@ def official(split: str) -> set:
     return {f"{city}_{i:06d}_000019" for i in range(n)}
 
 
+def nnunet_folder(root: Path) -> Path:
+    return make_nnunet(root, cases=10, test_cases=3, size=8)
+
+
+#: the case names make_nnunet gives its training and labelled test cases
+NNUNET_TRAIN = {f"mri_{i:03d}" for i in range(10)}
+NNUNET_TEST = {f"mri_{i:03d}" for i in range(10, 13)}
+COVERED = ("synapse_unet3d", "synapse_transunet", "cityscapes_2d", "generic_3d")
+
+
+def test_every_bundle_is_covered():
+    bundles = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "train.json").is_file())
+    assert bundles == sorted(COVERED), "add the new bundle's split check to this module"
+
+
 @pytest.mark.parametrize(
     ("bundle", "make", "train_cases", "test_cases"),
     [
         ("synapse_unet3d", btcv_folder, set(SYNAPSE_TRAIN_CASES), set(SYNAPSE_TEST_CASES)),
         ("synapse_transunet", transunet_folder, set(SYNAPSE_TRAIN_CASES), set(SYNAPSE_TEST_CASES)),
         ("cityscapes_2d", cityscapes_folder, official("train"), official("val")),
+        ("generic_3d", nnunet_folder, NNUNET_TRAIN, NNUNET_TEST),
     ],
 )
 def test_bundle_trains_and_selects_on_training_cases_and_scores_the_test_cases(
