@@ -37,6 +37,9 @@ PAPER_KWARGS: dict[str, dict] = {
     # all organs equally far from each other and from the background (the paper tunes M per task)
     "gwdl": {"dist_matrix": "$torch.ones(@num_classes, @num_classes) - torch.eye(@num_classes)"},
 }
+#: keyword arguments that select the softmax over the classes (MONAI's ``softmax``, and ``use_softmax`` of its
+#: ``FocalLoss``); a compound's own focal activation (``dice_focal``'s ``focal_softmax``) keeps its default
+SOFTMAX_FLAGS = ("softmax", "use_softmax")
 #: losses whose network needs other output channels than the classes (boundary_aware: C·K distance bins)
 NEEDS_OWN_HEAD = {"boundary_aware"}
 #: losses that already hold a cross-entropy term: no ``ce+`` overlay
@@ -56,7 +59,8 @@ MAP_MODES = {
 
 def overlay(name: str, aux_keys: tuple[str, ...], accepts: set[str], with_ce: bool) -> dict:
     """The overlay of ``name`` alone, or (``with_ce``) of 0.5·CE + 0.5·``name``; ``loss_name`` is its file stem."""
-    kwargs: dict = {"softmax": True} if "softmax" in accepts else {}  # others apply their own activation
+    # multi-class segmentation: every flag that selects the softmax is set (others apply their own activation)
+    kwargs: dict = {flag: True for flag in SOFTMAX_FLAGS if flag in accepts}
     kwargs.update(PAPER_KWARGS.get(name, {}))
     if "ignore_index" in accepts:
         kwargs["ignore_index"] = "@ignore_index"
