@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import PARTIAL_SUFFIX, atomic_write_text, epoch_checkpoints
+from .console import UserError
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
@@ -34,7 +35,7 @@ CONFIG_NAME = "run_config.json"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run cannot use this folder: another run holds it, or it holds a run with another config."""
 
 
