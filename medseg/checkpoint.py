@@ -373,7 +373,7 @@ class RandomStates:
             logger.warning("the checkpoint's CUDA random states are not restored: this machine has another GPU count")
         np.random.set_state(_numpy_tuple(state["numpy"]))  # noqa: NPY002
         python = state["python"]
-        random.setstate((python["version"], tuple(int(v) for v in python["state"]), python["gauss_next"]))
+        random.setstate((python["version"], tuple(python["state"].cpu().tolist()), python["gauss_next"]))
         for generator, saved in zip(transforms, state["transforms"], strict=True):
             generator.set_state(_numpy_tuple(saved))
         for generator, saved in zip(generators, state["generators"], strict=True):
