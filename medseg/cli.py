@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
     epochs = args.epochs or DEMO_EPOCHS
     table = demo(args.out, loss=args.loss, epochs=epochs, seed=args.seed)
     print(f"\nsynapse_unet3d, {epochs} epochs with '{args.loss}' on synthetic BTCV; test cases, mean per organ:")
-    print(table.round(3).to_string())
+    print(table.rename_axis(None).round(3).to_string())
     print(f"\nper-case rows: {args.out}/metrics.csv; model and logs: {args.out}/run")
     return 0
 

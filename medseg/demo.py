@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
+from collections.abc import Iterator
 
 import pandas as pd
 import torch
@@ -19,6 +21,21 @@ from medseg.losses import get_loss, loss_info
 
 DEFAULT_LOSSES = ("ce", "dice", "dice_ce", "focal", "tversky", "focal_tversky")
 NUM_CLASSES = 3  # background, a large disc, a small square
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch on ``n`` threads, then restore the previous count.
+
+    The demos' tensors are small: one thread does them faster than a pool, and on a busy machine a pool's
+    threads spin while they wait for each other (several times the CPU time for the same result).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def synthetic_shapes(n: int, size: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,5 +122,6 @@ def run_demo(losses=DEFAULT_LOSSES, steps: int = 300, seed: int = 0) -> pd.DataF
     check_demo_losses(losses)
     data = synthetic_shapes(128, seed=seed)
     val = synthetic_shapes(32, seed=seed + 1)
-    rows = [train_one(name, steps, seed, data, val) for name in tqdm(losses, desc="losses")]
+    with torch_threads(1):
+        rows = [train_one(name, steps, seed, data, val) for name in tqdm(losses, desc="losses")]
     return pd.DataFrame(rows).set_index("loss")

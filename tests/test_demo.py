@@ -2,7 +2,9 @@
 
 import math
 
-from medseg.bundles import demo
+import pytest
+
+from medseg.bundles import DEMO_EPOCHS, demo
 from medseg.cli import main
 from medseg.data.synapse import DEFAULT_BTCV_TO_SYNAPSE, synapse_organ_names
 
@@ -34,3 +36,15 @@ def test_shapes_demo_builds_every_logits_only_loss_and_names_the_others():
                 build_demo_loss(info.name)
         elif info.name != "inverse_form":
             assert build_demo_loss(info.name) is not None
+
+
+@pytest.mark.slow
+def test_demo_output_fits_on_one_screen(tmp_path, capsys):
+    """The README's `medseg demo`, as a user runs it: everything it prints (stdout and stderr) in <= 40 lines."""
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert printed.count("\n") <= 40, printed
+    assert "test cases, mean per organ" in captured.out and "Traceback" not in printed
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == DEMO_EPOCHS  # one summary line per epoch
