@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg import user_study
 from medseg.bundles import CPU_UNET3D, LOSS_OVERLAYS, bundle_configs, loss_overlay
 from medseg.metrics.stats import mean_std_n, to_markdown
 
@@ -433,6 +434,10 @@ ADAPTERS: dict[str, BundleAdapter] = {
         _cityscapes_classes,
         unlabelled=255,
     ),
+    # a user's nnU-Net v2 / MSD dataset (medseg compare --dataset-dir): medseg.user_study
+    user_study.BUNDLE: BundleAdapter(
+        "DynUNet (planned)", "user", user_study.make_synthetic, user_study.score, user_study.overlay, user_study.classes
+    ),
 }
 
 
@@ -685,6 +690,9 @@ TABLE_NOTES = {
     "run, averaged over seeds.",
     "table5_hyperparameters": "Test cases. DSC (%) and HD95 (mm): mean over cases and organs per seed, then over "
     "seeds.",
+    "table_own_dataset": "Test cases of the --dataset-dir dataset (labelsTs, or a held-out 20% of the training "
+    "cases), each loss's main setting. DSC (%) and HD95 (mm): structures averaged within a case, then cases, then "
+    "seeds.",
 }
 #: Written under every markdown table.
 COMMON_NOTE = (
@@ -734,11 +742,12 @@ def _title(text: str, width_inches: float) -> str:
 
 
 def _line_style(index: int) -> dict[str, Any]:
-    """The ``index``-th loss's colour (``tab10``) and line style: neighbours differ in both, so lines that lie on
-    top of each other stay distinguishable."""
+    """The ``index``-th loss's colour (``tab10``), line style and width: neighbours differ in all three, so lines
+    that lie on top of each other stay distinguishable (a thin dashed line over a thick one)."""
     from matplotlib import colormaps
 
-    return {"color": colormaps["tab10"].colors[index % 10], "linestyle": ("-", "--", "-.", ":")[index % 4]}
+    colour, style = colormaps["tab10"].colors[index % 10], ("-", "--", "-.", ":")[index % 4]
+    return {"color": colour, "linestyle": style, "linewidth": 2.4 - 0.35 * (index % 4)}  # later ones drawn thinner
 
 
 def _main_runs(out: Path, grid: Grid, bundle: str) -> dict[str, list[Path]]:
@@ -756,19 +765,22 @@ def _seeds(n: int) -> str:
 
 
 def plot_curves(out: Path, grid: Grid, bundle: str, path: Path) -> Path:
-    """Training loss per iteration and validation mean Dice per epoch, one line per loss (its main setting, mean
-    over seeds), each loss in its own colour and line style, keyed in one legend with its number of seeds."""
+    """Training loss per iteration and the validation score the bundle selects on (mean Dice, or mIoU for
+    Cityscapes) per epoch, one line per loss (its main setting, mean over seeds), each loss in its own colour, line
+    style and width, keyed in one legend with its number of seeds."""
+    column = ADAPTERS[bundle].score_column
+    name = {"dice": "mean Dice", "iou": "mIoU"}[column]
     figure = _figure(11.0, 4.0)
     axes = figure.subplots(1, 2)
     for index, (loss, folders) in enumerate(_main_runs(out, grid, bundle).items()):
         curves = pd.concat([pd.read_csv(f / "curves.csv") for f in folders])
-        for axis, tag in zip(axes, ("train_loss", "val_mean_dice"), strict=True):
+        for axis, tag in zip(axes, ("train_loss", f"val_mean_{column}"), strict=True):
             line = curves[curves.tag == tag].groupby("step").value.mean()
             marker = None if tag == "train_loss" else "o"
             label = f"{loss} ({_seeds(len(folders))})"
             axis.plot(line.index, line.to_numpy(), marker=marker, label=label, **_line_style(index))
     axes[0].set(title="training loss (each on its own scale)", xlabel="iteration", ylabel="loss")
-    axes[1].set(title="validation mean Dice", xlabel="epoch", ylabel="mean Dice")
+    axes[1].set(title=f"validation {name}", xlabel="epoch", ylabel=name)
     figure.suptitle(_title(f"{bundle}: each loss's main setting, mean over seeds", 11.0))
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper", title="loss trained", fontsize="small")
@@ -805,7 +817,8 @@ def plot_overlays(out: Path, grid: Grid, bundle: str, path: Path) -> Path:
     width = max(6.0, 2.6 * len(panels))
     key_columns = max(1, min(len(classes), int(width / 1.5)))
     key_rows = -(-len(classes) // key_columns)
-    figure = _figure(width, 3.2 + 0.25 * key_rows)
+    panel_height = 2.4 * image.shape[0] / image.shape[1]  # panels about 2.4 inches wide, at the image's aspect
+    figure = _figure(width, panel_height + 0.9 + 0.25 * key_rows)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, (title, labels) in zip(axes, panels, strict=True):
         axis.imshow(image, cmap="gray", origin="lower")
@@ -829,19 +842,21 @@ def plot_score_boxes(metrics: pd.DataFrame, main_settings: Mapping[str, str], bu
         values, what = _per_run_case(test), "per-case Dice on the test cases (organs averaged within a case)"
     else:
         values, what = test, "per-class IoU on the val images (each class's dataset-level IoU)"
-    losses = list(dict.fromkeys(values.loss))
+    present = set(values.loss)
+    losses = [loss for loss in main_settings if loss in present] + sorted(present - set(main_settings))
     samples = [values[values.loss == loss][column].dropna().to_numpy() for loss in losses]
     width = max(5.0, 0.9 * len(losses) + 1.5)
     figure = _figure(width, 4.5)
     axis = figure.subplots()
-    labels = [f"{loss}\nn={len(v)}" for loss, v in zip(losses, samples, strict=True)]
+    labels = [f"{loss} (n={len(v)})" for loss, v in zip(losses, samples, strict=True)]
     axis.boxplot(samples, tick_labels=labels, showfliers=False)  # every value is drawn as a point below
     for position, sample in enumerate(samples, start=1):
         axis.plot(position + np.linspace(-0.12, 0.12, len(sample)), sample, "o", color="black", alpha=0.5, ms=3)
-    axis.set(title=_title(f"{bundle}: {what}; each loss's main setting, all seeds", width), ylabel=column)
-    axis.tick_params(axis="x", labelrotation=45)
+    name = {"dice": "Dice", "iou": "IoU"}[column]
+    axis.set(title=_title(f"{bundle}: {what}; each loss's main setting, all seeds", width), ylabel=name)
+    axis.tick_params(axis="x", labelrotation=30)
     for label in axis.get_xticklabels():
-        label.set_horizontalalignment("right")
+        label.set(horizontalalignment="right", rotation_mode="anchor")
     return _save(figure, path)
 
 
@@ -890,7 +905,11 @@ def _tiny_grid() -> Grid:
         losses=["dice_ce", "dice", "focal", "tversky"],
         seeds=(0,),
         settings={"focal": [{}, {"loss_kwargs#focal#gamma": 1.0}]},
-        overrides={"synapse_unet3d": CPU_UNET3D, "cityscapes_2d": CPU_CITYSCAPES},  # --bundles picks either
+        overrides={
+            "synapse_unet3d": CPU_UNET3D,
+            "cityscapes_2d": CPU_CITYSCAPES,
+            user_study.BUNDLE: user_study.CPU_GENERIC,
+        },
         synthetic={"seed": 0},  # each bundle's writer has CPU-size defaults
     )
 
@@ -944,6 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a hyperparameter setting, e.g. 'focal:loss_kwargs#focal#gamma=1.0' (repeatable)",
     )
     parser.add_argument("--data", nargs="*", default=[], metavar="BUNDLE=DIR", help="dataset folder per bundle")
+    parser.add_argument(
+        "--dataset-dir", help="an nnU-Net v2 raw or MSD dataset: compare the losses on it with the generic_3d bundle"
+    )
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=VALUE", help="config ids for every run")
     parser.add_argument("--dry-run", action="store_true", help="list the grid and each run's status; run nothing")
     return parser
@@ -951,7 +973,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def grid_from_args(args: argparse.Namespace) -> Grid:
     grid = PRESETS[args.preset]()
-    grid.bundles = args.bundles or grid.bundles
+    grid.bundles = [user_study.BUNDLE] if args.dataset_dir else (args.bundles or grid.bundles)
     grid.losses = args.losses or grid.losses
     grid.seeds = args.seeds or grid.seeds
     grid.protocol = args.protocol
@@ -967,6 +989,10 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     extra = _parse_assignments(args.override, "--override")
     grid.overrides = {b: {**grid.overrides.get(b, {}), **extra} for b in grid.bundles}
     grid.datasets = {**grid.datasets, **_parse_assignments(args.data, "--data")}
+    if args.dataset_dir:  # one planned dataset for the whole grid: medseg.user_study
+        grid.datasets = {user_study.BUNDLE: args.dataset_dir}
+        shared = user_study.prepare(args.dataset_dir, args.out)
+        grid.overrides[user_study.BUNDLE] = {**grid.overrides[user_study.BUNDLE], **shared, **extra}
     return grid
 
 
@@ -983,7 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return 0
     metrics = collect(out)
-    tables = survey_tables(metrics, grid.main_settings())
+    tables = survey_tables(metrics, grid.main_settings()) | user_study.dataset_tables(metrics, grid.main_settings())
     written = write_tables(metrics, tables, out / "tables") + plot_all(out, grid, metrics)
     for name, table in tables.items():
         print(f"\n{name}\n{table.round(2).to_string(na_rep='–')}")
