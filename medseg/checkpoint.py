@@ -20,6 +20,7 @@ import os
 import random
 import re
 import secrets
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -276,6 +277,10 @@ def newest_readable_checkpoint(
     return None
 
 
+#: what :func:`random_states` does not look into: data, and code (a module's namespace is not a transform's state)
+_NOT_WALKED = (str, bytes, Mapping, torch.Tensor, np.ndarray, type, types.ModuleType, types.FunctionType)
+
+
 def random_states(obj: Any) -> list[np.random.RandomState]:
     """The ``R`` (``numpy.random.RandomState``) of every MONAI ``Randomizable`` reachable from ``obj``.
 
@@ -287,7 +292,7 @@ def random_states(obj: Any) -> list[np.random.RandomState]:
     seen: set[int] = set()
 
     def visit(item: Any) -> None:
-        if id(item) in seen or isinstance(item, (str, bytes, Mapping, torch.Tensor, np.ndarray)):
+        if id(item) in seen or isinstance(item, _NOT_WALKED):
             return
         seen.add(id(item))
         if isinstance(item, np.random.RandomState):
@@ -295,7 +300,7 @@ def random_states(obj: Any) -> list[np.random.RandomState]:
         elif isinstance(item, (list, tuple)):
             for element in item:
                 visit(element)
-        elif hasattr(item, "__dict__") and not isinstance(item, type):
+        elif hasattr(item, "__dict__"):
             for key, value in vars(item).items():
                 if not key.startswith("__"):
                     visit(value)

@@ -184,6 +184,8 @@ def test_random_states_finds_wrapped_transforms_generators():
     flip, affine = transforms.transforms
     found = {id(r) for r in random_states(transforms)}
     assert {id(transforms.R), id(flip.R), id(affine.R), id(affine.rand_affine.R)} <= found
+    flip.library = np  # a module's namespace (np.random's own RandomState) is not the transform's state
+    assert {id(r) for r in random_states(transforms)} == found
 
 
 def test_restoring_the_random_states_replays_the_same_batches_and_draws(tmp_path):
