@@ -193,7 +193,7 @@ def test_bad_grid_is_a_clear_error(dataset):
         dataclasses.replace(two_by_two(dataset), losses=["dice", "ce+dice"], settings={}).runs()
     with pytest.raises(ValueError, match="unknown protocol 'both'"):
         dataclasses.replace(two_by_two(dataset), protocol="both").runs()
-    with pytest.raises(ValueError, match=r"no loss overlay ce\+dcie\.json"):
+    with pytest.raises(ValueError, match=r"no loss overlay 'ce\+dcie'"):
         dataclasses.replace(two_by_two(dataset), losses=["ce+dcie"], settings={}).runs()
     with pytest.raises(ValueError, match="focal has the same setting twice"):
         dataclasses.replace(two_by_two(dataset), settings={"focal": [GAMMA_1, GAMMA_1]}).runs()
@@ -373,12 +373,12 @@ def captured(monkeypatch) -> list:
 def test_cityscapes_box_plot_shows_the_iou_of_every_class(captured, tmp_path):
     metrics = metrics_table([("cityscapes", "dice_ce", "default", 0, c, v) for c, v in [("road", 0.9), ("car", 0.5)]])
     metrics = pd.concat([metrics, metrics.assign(loss="ce+dice", iou=[0.8, 0.4])])
-    study.plot_score_boxes(metrics, {}, "cityscapes_2d", tmp_path / "boxes.png")
+    study.plot_score_boxes(metrics, {"dice_ce": "default", "ce+dice": "default"}, "cityscapes_2d", tmp_path / "b.png")
     axis = captured[0].axes[0]
-    assert [label.get_text() for label in axis.get_xticklabels()] == ["dice_ce\nn=2", "ce+dice\nn=2"]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["dice_ce (n=2)", "ce+dice (n=2)"]
     points = [line.get_ydata().tolist() for line in axis.lines if line.get_marker() == "o"]
     assert points == [[0.9, 0.5], [0.8, 0.4]]
-    assert "IoU" in axis.get_title() and axis.get_ylabel() == "iou"
+    assert "IoU" in axis.get_title() and axis.get_ylabel() == "IoU"
 
 
 def test_cityscapes_colour_key_is_the_official_palette_and_road_is_drawn():
