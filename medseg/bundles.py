@@ -86,26 +86,29 @@ def logging_file(configs: Path) -> str | bool:
     return False if logging.getLogger().handlers else str(configs / "logging.conf")
 
 
-def train_folder(bundle: str, loss: str | None = None, bundle_root: str | Path | None = None) -> Path:
-    """``bundle_root``, or by default ``runs/<bundle>-<loss>`` (the bundle's ``loss_name`` when no loss is given)."""
+def train_folder(
+    bundle: str, loss: str | None = None, bundle_root: str | Path | None = None, fold: int | None = None
+) -> Path:
+    """``bundle_root``, or by default ``runs/<bundle>-<loss>[-fold<k>]`` (the bundle's ``loss_name`` when no loss is
+    given)."""
     if bundle_root is not None:
         return Path(bundle_root)
     from medseg.runs import default_run_folder
 
     if loss is None:
         loss = json.loads((bundle_configs(bundle) / "train.json").read_text()).get("loss_name", "default")
-    return default_run_folder(bundle, loss)
+    return default_run_folder(bundle, loss, fold)
 
 
 def train(bundle: str, loss: str | None = None, bundle_root: str | Path | None = None, **overrides: Any) -> Path:
     """Train ``bundle`` with ``loss`` (its overlay), writing models and logs under ``bundle_root``.
 
-    ``bundle_root`` defaults to :func:`train_folder`'s ``runs/<bundle>-<loss>``. The bundle locks that folder for
-    the run and resumes only a run of the same config there (``resume=False`` starts afresh): see
+    ``bundle_root`` defaults to :func:`train_folder`'s ``runs/<bundle>-<loss>[-fold<k>]``. The bundle locks that
+    folder for the run and resumes only a run of the same config there (``resume=False`` starts afresh): see
     :mod:`medseg.runs`. Returns the folder.
     """
     configs = bundle_configs(bundle)
-    root = train_folder(bundle, loss, bundle_root)
+    root = train_folder(bundle, loss, bundle_root, overrides.get("fold"))
     files = [str(configs / "train.json")] + ([str(loss_overlay(loss))] if loss else [])
     run(config_file=files, logging_file=logging_file(configs), bundle_root=str(root), **overrides)
     return root

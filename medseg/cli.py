@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
         if not Path(args.dataset_dir).is_dir():
             raise UserError(f"--dataset-dir {args.dataset_dir} is not a folder", hint="give the dataset's root folder")
         overrides["dataset_dir"] = args.dataset_dir
-    root = train_folder(args.bundle, args.loss, args.bundle_root)
+    root = train_folder(args.bundle, args.loss, args.bundle_root, args.fold)
     _check_output_folder(root, "--bundle-root")
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("bundle", help="synapse_unet3d, synapse_transunet, cityscapes_2d or a bundle folder")
     train.add_argument("--loss", help="a loss overlay name (configs/losses/<loss>.json) or file; default: the bundle's")
     train.add_argument("--dataset-dir")
-    train.add_argument("--bundle-root", help="the run folder: models/, eval/ (default: runs/<bundle>-<loss>)")
+    train.add_argument("--bundle-root", help="the run folder: models/, eval/ (default: runs/<bundle>-<loss>[-fold<k>])")
     train.add_argument(
         "--no-resume",
         action="store_true",

@@ -39,10 +39,10 @@ class RunFolderError(UserError):
     """A run cannot use this folder: another run holds it, or it holds a run with another config."""
 
 
-def default_run_folder(bundle: str | Path, loss: str | Path) -> Path:
-    """``runs/<bundle>-<loss>`` (relative to the working folder): where ``medseg train`` writes by default."""
+def default_run_folder(bundle: str | Path, loss: str | Path, fold: int | None = None) -> Path:
+    """``runs/<bundle>-<loss>[-fold<k>]`` (relative to the working folder): where ``medseg train`` writes by default."""
     name = Path(loss).stem if str(loss).endswith(".json") else str(loss)
-    return Path("runs") / f"{Path(bundle).name}-{name}"
+    return Path("runs") / f"{Path(bundle).name}-{name}{'' if fold is None else f'-fold{fold}'}"
 
 
 def describe(value: Any, _depth: int = 0) -> Any:
