@@ -39,7 +39,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .cases import SUPPORTED_SUFFIXES, case_id, find_cases
-from .conventions import CONVENTIONS, Convention, get_convention
+from .conventions import CONVENTIONS, SURFACE_DISTANCE_METRICS, Convention, get_convention
 from .geometry import grid_mismatch, resample_to_reference
 from .labels import (
     LabelSpace,
@@ -286,8 +286,11 @@ def _map_cases(score: Callable[[CasePair], Any], pairs: Sequence[CasePair], work
     return results
 
 
-def _unscored_structures(table: pd.DataFrame, columns: Sequence[str]) -> dict[str, str]:
-    """Structures no reference contains: their metrics become NaN (not scored); returns why, per structure."""
+def _unscored_structures(table: pd.DataFrame, columns: Sequence[str], keep_values: bool) -> dict[str, str]:
+    """Structures no reference contains: their metrics become NaN (not scored); returns why, per structure.
+
+    ``keep_values`` (the ``monai`` convention): their per-case values stay as MONAI computes them; only the notes.
+    """
     notes = {}
     for name, group in table.groupby("structure", sort=False):
         if not group.empty_mask.isin(["reference", "both"]).all():
@@ -302,7 +305,10 @@ def _unscored_structures(table: pd.DataFrame, columns: Sequence[str]) -> dict[st
             )
         else:
             notes[str(name)] = "absent from every reference and every prediction"
-        table.loc[group.index, list(columns)] = np.nan
+        if keep_values:
+            notes[str(name)] += "; its values are kept as the convention computes them"
+        else:
+            table.loc[group.index, list(columns)] = np.nan
     return notes
 
 
@@ -316,14 +322,16 @@ def evaluate_pairs(
     ref_space: RefSpace = "auto",
     resample_pred: bool = False,
     progress: bool = True,
+    distance_metric: str = "euclidean",
 ) -> Evaluation:
     """Score every case of ``pairs`` and summarise: the code behind ``medseg evaluate`` and the demo's scores.
 
     Args:
         pairs: the cases (:func:`pair_cases`, or built by a caller that knows its files).
         labels: the label space (:mod:`~medseg.metrics.labels`), or label value → structure name.
-        convention: ``clinical``, ``transunet`` or ``nnunet`` (:mod:`~medseg.metrics.conventions`).
-        nsd_tolerance: NSD tolerance in mm (``clinical``).
+        convention: ``clinical``, ``transunet``, ``nnunet`` or ``monai`` (:mod:`~medseg.metrics.conventions`).
+        nsd_tolerance: NSD tolerance in mm (``clinical``, ``monai``; in voxels with a chessboard or taxicab
+            ``distance_metric``).
         surface: ``voxels`` or ``surfels`` (``clinical`` only; see :mod:`~medseg.metrics.surface`).
         workers: processes scoring cases in parallel.
         ref_space: with a bundle's label mapping, whether references are ``raw``, in the ``bundle``'s labels,
@@ -331,14 +339,16 @@ def evaluate_pairs(
         resample_pred: resample a prediction whose grid differs from its reference's (nearest neighbour; logged)
             instead of refusing it.
         progress: show a progress bar over cases (stderr).
+        distance_metric: ``euclidean`` (mm), ``chessboard`` or ``taxicab`` (voxel steps, as MONAI's
+            ``distance_metric``); ``clinical`` and ``monai`` only.
 
     Raises:
         ValueError: a case cannot be scored correctly (module doc); the message names the case, the file and the fix.
     """
     space = labels if isinstance(labels, LabelSpace) else LabelSpace(dict(labels))
-    scoring = get_convention(convention, surface)  # type: ignore[arg-type]
+    scoring = get_convention(convention, surface, distance_metric)  # type: ignore[arg-type]
     if not (math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
-        raise ValueError(f"NSD tolerance must be finite and >= 0 mm, got {nsd_tolerance}")
+        raise ValueError(f"NSD tolerance must be finite and >= 0 {scoring.distance_unit}, got {nsd_tolerance}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not pairs:
@@ -359,7 +369,7 @@ def evaluate_pairs(
             logger.warning("case %s: prediction %s resampled onto the reference grid", pair.case, pair.prediction)
             resampled[pair.case] = f"prediction {info['resampled']}"
     table = pd.DataFrame([row for rows, _ in results for row in rows])
-    not_scored = _unscored_structures(table, scoring.columns)
+    not_scored = _unscored_structures(table, scoring.columns, keep_values=scoring.score_absent)
     ndim_columns = [c for c in size_columns(3) + size_columns(2) if c in table.columns]
     per_structure, overall = summarize(table, list(scoring.columns) + ndim_columns)
     summary: dict[str, Any] = {
@@ -395,6 +405,7 @@ def evaluate_folders(
     ref_space: RefSpace = "auto",
     resample_pred: bool = False,
     only_predicted: bool = False,
+    distance_metric: str = "euclidean",
 ) -> Evaluation:
     """Pair the files of two folders by case id (:func:`pair_cases`) and score them (:func:`evaluate_pairs`).
 
@@ -402,21 +413,23 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps (searched recursively).
         ref_dir: folder of reference label maps.
         labels: the label space or label value → structure name (:func:`read_label_map`); not in ``cityscapes``.
-        convention: ``clinical``, ``transunet``, ``nnunet`` or ``cityscapes`` (labelId PNGs, official class IoU).
+        convention: ``clinical``, ``transunet``, ``nnunet``, ``monai`` or ``cityscapes`` (labelId PNGs, official
+            class IoU).
         allow_missing: score a reference without prediction as an empty prediction instead of raising.
         pred_glob: file-name glob of predictions; the part after the last ``*`` is cut off before the case id.
         ref_glob: the same for references.
         ignore_labels: values left out of the scoring (:mod:`~medseg.metrics.labels`).
         only_predicted: score only the references that have a prediction (the others are listed in the summary).
-        nsd_tolerance, surface, workers, ref_space, resample_pred, progress: as :func:`evaluate_pairs`.
+        nsd_tolerance, surface, workers, ref_space, resample_pred, progress, distance_metric: as
+            :func:`evaluate_pairs`.
     """
     ignore = frozenset(int(v) for v in ignore_labels)
     cityscapes = convention == "cityscapes"
     if cityscapes:
         if labels is not None:
             raise ValueError("cityscapes mode scores the 19 official classes; do not pass labels")
-        if surface != "voxels":
-            raise ValueError("surface does not apply to cityscapes mode")
+        if surface != "voxels" or distance_metric != "euclidean":
+            raise ValueError("surface and distance metric do not apply to cityscapes mode (class IoU only)")
         if ignore or ref_space != "auto" or resample_pred:
             raise ValueError("ignore labels, ref space and resampling do not apply to cityscapes mode")
         pred_glob = pred_glob or CITYSCAPES_GLOBS[0]
@@ -434,7 +447,16 @@ def evaluate_folders(
         evaluation = _cityscapes_evaluation(pairs, workers, progress)
     else:
         evaluation = evaluate_pairs(
-            pairs, labels, convention, nsd_tolerance, surface, workers, ref_space, resample_pred, progress
+            pairs,
+            labels,
+            convention,
+            nsd_tolerance,
+            surface,
+            workers,
+            ref_space,
+            resample_pred,
+            progress,
+            distance_metric,
         )
     evaluation.summary["unpredicted_references"] = left_out
     return evaluation
@@ -496,6 +518,14 @@ def compare_to_baseline(
         twice = table[table.duplicated(["case", "structure"])]
         if len(twice):
             raise ValueError(f"{name} lists case {twice.case.iloc[0]!r} twice (case ids: docs/evaluation.md)")
+        values = table[evaluation.metric_columns].apply(pd.to_numeric, errors="coerce")
+        infinite = values.columns[np.isinf(values.to_numpy(dtype=float)).any(axis=0)].tolist()
+        if infinite:
+            raise ValueError(
+                f"{name} holds infinite values in {infinite} (the monai convention's distance when one mask is "
+                "empty); a mean difference or a rank test with inf is undefined: compare evaluations under the "
+                "clinical convention (worst-case distance = image diagonal)"
+            )
     unmatched = []
     for column, what in (("case", "cases"), ("structure", "structures")):
         ours, theirs = set(method[column]), set(baseline[column])
@@ -549,8 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*CONVENTIONS, "cityscapes"],
         help="scoring convention (default clinical; see docs/evaluation.md)",
     )
-    parser.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    parser.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=1.0,
+        help="NSD tolerance in mm (default 1; in voxels with a chessboard or taxicab --distance-metric)",
+    )
     parser.add_argument("--surface", default="voxels", choices=["voxels", "surfels"], help="surface representation")
+    parser.add_argument(
+        "--distance-metric",
+        default="euclidean",
+        choices=list(SURFACE_DISTANCE_METRICS),
+        help="surface distance (MONAI's distance_metric): euclidean in mm (default), chessboard or taxicab in voxels",
+    )
     parser.add_argument("--pred-glob", help="prediction file glob; text after the last * is cut before the case id")
     parser.add_argument("--ref-glob", help="reference file glob (same rule)")
     parser.add_argument("--output", type=Path, help="output folder (default: <pred>/evaluation)")
@@ -601,6 +642,7 @@ def _run(args: argparse.Namespace) -> None:
         ref_space=args.ref_space,
         resample_pred=args.resample_pred,
         only_predicted=args.only_predicted,
+        distance_metric=args.distance_metric,
     )
     comparison = None
     if args.compare_to is not None:

@@ -68,13 +68,15 @@ def summarize(table: pd.DataFrame, columns: Sequence[str]) -> tuple[dict[str, An
 
 
 def _json_ready(value: Any) -> Any:
-    """NaN → None (JSON has no NaN), recursively."""
+    """NaN → None, ±inf → ``"inf"`` / ``"-inf"`` (JSON has neither), recursively."""
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_ready(v) for v in value]
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
     return value
 
 
@@ -153,9 +155,10 @@ class Evaluation:
             for case, policy in convention["empty_policy"].items():
                 text = ", ".join(f"{k} = {v}" for k, v in policy.items())
                 lines.append(f"- {case.replace('_', ' ')}: {text}.")
-            lines.append("- A structure that no reference contains is not scored and left out of the overall mean.")
-            if "nsd_tolerance_mm" in convention:
-                lines.append(f"- NSD tolerance: {convention['nsd_tolerance_mm']} mm.")
+            lines.append(f"- A structure that no reference contains: {convention['absent_structures']}.")
+            for unit in ("mm", "voxels"):
+                if f"nsd_tolerance_{unit}" in convention:
+                    lines.append(f"- NSD tolerance: {convention[f'nsd_tolerance_{unit}']} {unit}.")
             lines.append(f"- {convention['background'].capitalize()}.")
         return "\n".join(lines) + "\n"
 

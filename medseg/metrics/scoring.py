@@ -46,7 +46,9 @@ def _measured_scores(
 ) -> dict[str, float]:
     values = {"dice": counts.dice, "iou": counts.iou}
     if set(convention.metrics) - {"dice", "iou"}:
-        distances = surface_distances(pred, ref, spacing, surface=convention.surface)
+        distances = surface_distances(
+            pred, ref, spacing, surface=convention.surface, distance_metric=convention.distance_metric
+        )
         values["hd"] = distances.hausdorff()
         values["hd95"] = distances.hausdorff_percentile(95.0, pooled=convention.hd95 == "pooled")
         values["assd"] = distances.average_symmetric()
@@ -70,7 +72,7 @@ def score_masks(
         ref: reference mask, same shape.
         spacing: voxel size along each array axis in mm (read from the image header).
         convention: the scoring convention (:data:`~medseg.metrics.conventions.CONVENTIONS`).
-        nsd_tolerance: NSD tolerance in mm.
+        nsd_tolerance: NSD tolerance in the convention's distance unit (mm; voxels for chessboard or taxicab).
         image_shape: the full image's shape when the masks are crops; sizes the worst-case distance.
 
     Returns:
@@ -83,8 +85,12 @@ def score_masks(
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {spacing} does not fit masks of shape {pred.shape}")
     counts = overlap_counts(pred, ref)
-    distance_spacing = spacing if convention.physical_spacing else (1.0,) * pred.ndim
-    worst = image_diagonal(image_shape if image_shape is not None else pred.shape, distance_spacing)
+    distance_spacing = spacing if convention.uses_spacing else (1.0,) * pred.ndim
+    if convention.surface == "surfels" and convention.physical_spacing:
+        distance_spacing = spacing  # sizes the surface elements; chessboard/taxicab distances stay in voxels
+    worst = image_diagonal(
+        image_shape if image_shape is not None else pred.shape, distance_spacing, convention.distance_metric
+    )
     if counts.reference == 0 and counts.prediction == 0:
         empty, scores = "both", _policy_scores(convention.both_empty, convention, worst)
     elif counts.reference == 0:
@@ -123,7 +129,7 @@ def score_label_maps(
         spacing: voxel size along each array axis in mm.
         labels: label value → structure name; 0 (background) is not scored.
         convention: the scoring convention.
-        nsd_tolerance: NSD tolerance in mm.
+        nsd_tolerance: NSD tolerance in the convention's distance unit.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)

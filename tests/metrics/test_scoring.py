@@ -229,7 +229,7 @@ def test_conventions_describe_their_rules():
 
 def test_bad_conventions_raise():
     with pytest.raises(ValueError, match="unknown convention"):
-        get_convention("monai")
+        get_convention("medpy")
     with pytest.raises(ValueError, match="does not apply"):
         get_convention("transunet", "surfels")
     with pytest.raises(ValueError, match="must give"):
