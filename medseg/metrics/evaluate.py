@@ -54,7 +54,7 @@ from .labels import (
 from .reading import LabelImage, read_label_image
 from .report import FORMATS, Evaluation, atomic_write_text, summarize
 from .scoring import score_label_maps, size_columns
-from .stats import paired_comparison
+from .stats import paired_comparison, to_markdown
 
 __all__ = [
     "FORMATS",
@@ -655,9 +655,10 @@ def _run(args: argparse.Namespace) -> None:
         atomic_write_text(
             output / "comparison.md",
             f"# Paired comparison against {args.compare_to}\n\nmean difference = method − baseline; 95% percentile "
-            f"bootstrap CI (10000 resamples, seed {args.seed}); two-sided Wilcoxon signed-rank p (unadjusted).\n\n"
+            f"bootstrap CI (10000 resamples, seed {args.seed}); two-sided Wilcoxon signed-rank p (unadjusted); "
+            "below 5 pairs the caveat column says why neither can be trusted; – : no value (a CI of one pair).\n\n"
             + (f"{left_out}\n" if left_out else "")
-            + comparison.to_markdown(index=False, floatfmt=".4g")
+            + to_markdown(comparison, floatfmt=".4g", index=False)
             + "\n",
         )
         written += [output / "comparison.csv", output / "comparison.md"]
