@@ -44,12 +44,10 @@ def small_sample_caveat(n: int) -> str:
     """``""`` for ``n >= MIN_PAIRS`` pairs, else why the paired test and the bootstrap CI of ``n`` pairs mislead."""
     if n >= MIN_PAIRS:
         return ""
-    if n < 2:
-        return f"n = {n}: no test or CI possible"
-    return (
-        f"n = {n} < {MIN_PAIRS}: Wilcoxon p cannot go below {2 / 2**n:.3g}; bootstrap CI from only "
-        f"{math.comb(2 * n - 1, n)} distinct resamples"
-    )
+    if n == 0:
+        return "no pairs: no test or CI"
+    ci = "no CI from one pair" if n == 1 else f"bootstrap CI from only {math.comb(2 * n - 1, n)} distinct resamples"
+    return f"n = {n} < {MIN_PAIRS}: Wilcoxon p cannot go below {2 / 2**n:.3g}; {ci}"
 
 
 def bootstrap_mean_ci(

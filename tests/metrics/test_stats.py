@@ -100,7 +100,8 @@ def test_fewer_than_five_pairs_carry_a_caveat_with_the_smallest_attainable_p():
 def test_one_pair_has_n_1_and_no_ci():
     table = paired_comparison(per_case_table({"liver": [0.9]}), per_case_table({"liver": [0.8]}), ["dice"])
     row = table.iloc[0]
-    assert row.n == 1 and np.isnan(row.ci_low) and np.isnan(row.ci_high) and row.caveat
+    assert row.n == 1 and np.isnan(row.ci_low) and np.isnan(row.ci_high)
+    assert row.p_value == 1.0 and row.caveat == "n = 1 < 5: Wilcoxon p cannot go below 1; no CI from one pair"
 
 
 def test_mean_std_n_leaves_the_spread_of_one_run_empty():
