@@ -193,3 +193,20 @@ def test_boundary_overlay_brings_its_distance_map_and_trains(tmp_path, nnunet_da
         tmp_path, nnunet_data, overlay, max_epochs=1, val_interval=5, **{"train#dataset#data": "$@train#datalist[:2]"}
     )
     assert last_checkpoint(tmp_path)["trainer"]["iteration"] == 2
+
+
+def test_dataset_with_an_ignore_label_trains_and_validates(tmp_path):
+    import nibabel as nib
+
+    data = make_nnunet(tmp_path / "d", cases=4, test_cases=0, size=16, seed=2)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 3
+    (data / "dataset.json").write_text(json.dumps(meta))
+    for path in sorted((data / "labelsTr").glob("*.nii.gz")):  # the first slices left unannotated
+        image = nib.load(path)
+        labels = np.asarray(image.dataobj).copy()
+        labels[..., :2] = 3
+        nib.save(nib.Nifti1Image(labels, image.affine, image.header), path)
+    train(tmp_path / "run", data, max_epochs=1, val_interval=1)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["ignore_label"] == 3
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()  # validation ran and chose a model
