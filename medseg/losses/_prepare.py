@@ -21,9 +21,14 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from .registry import registered_name
+from .registry import list_losses, registered_name
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class ShapeMismatchError(ValueError, AssertionError):
+    """Input and target shapes that do not fit: a ``ValueError`` (medseg's rule for bad input) that is also the
+    ``AssertionError`` MONAI's losses raise, so code catching either keeps working."""
 
 
 class Prepared:
@@ -137,16 +142,23 @@ class Prepared:
 
 
 def overlap_stats(
-    prep: Prepared, batch: bool = False, squared: bool = False
+    prep: Prepared, batch: bool = False, squared: bool = False, soft_label: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Soft TP, FP and FN per class from one pass over the probabilities.
 
     TP = Σ p g, FP = Σ p − TP, FN = Σ g − TP (with p², g² for ``squared``: the V-Net form), summed over the
-    spatial dims (and the batch when ``batch``). Returns tensors of shape ``(B, C')`` or ``(C',)``.
+    spatial dims (and the batch when ``batch``). ``soft_label`` (without ``squared``) uses the form that stays
+    right for soft targets, TP = (Σ|p| + Σ|g| − Σ|p − g|) / 2 (Wang & Blaschko, Dice semimetric losses, MICCAI 2023;
+    MONAI's ``soft_label``): equal to Σ p g for 0/1 targets, and 0 loss when p = g for any target.
+    Returns tensors of shape ``(B, C')`` or ``(C',)``.
     """
     p = prep.masked(prep.probs)
     g = prep.target
     dims = prep.spatial_dims if not batch else [0, *prep.spatial_dims]
+    if soft_label and not squared:
+        sum_p, sum_g = p.abs().sum(dims), g.abs().sum(dims)
+        tp = (sum_p + sum_g - (p - g).abs().sum(dims)) / 2
+        return tp, sum_p - tp, sum_g - tp
     tp = (p * g).sum(dims)
     if squared:
         sum_p = (p * p).sum(dims)
@@ -197,6 +209,34 @@ def _check_probabilities(input: torch.Tensor, loss_name: str) -> None:
         )
 
 
+def soft_target_losses() -> list[str]:
+    """Registry names of the losses that accept soft (probabilistic) targets."""
+    return [info.name for info in list_losses() if getattr(info.cls, "accepts_soft_target", False)]
+
+
+def _check_one_hot(onehot: torch.Tensor, soft_targets: bool, loss_name: str) -> bool:
+    """Check a one-hot (or soft) target; return whether it is soft (values strictly between 0 and 1)."""
+    if not onehot.is_floating_point():
+        soft = False
+        outside = bool(((onehot != 0) & (onehot != 1)).any())
+    else:
+        lowest, highest = (float(v) for v in torch.aminmax(onehot.detach()))
+        outside = not (lowest >= 0.0 and highest <= 1.0)  # NaN fails both
+        soft = not outside and not bool(torch.all((onehot == 0) | (onehot == 1)))
+    if outside:
+        raise ValueError(
+            f"{loss_name}: the one-hot target holds values outside [0, 1]; pass a (B, 1, ...) label map, a 0/1 "
+            "one-hot target or, where the loss takes them, soft target probabilities in [0, 1]"
+        )
+    if soft and not soft_targets:
+        raise ValueError(
+            f"{loss_name} needs hard labels, but its one-hot target holds values other than 0 and 1 (a soft target): "
+            "its definition reads each voxel's class. Pass a (B, 1, ...) label map or a 0/1 one-hot target. Losses "
+            f"that take soft targets: {', '.join(soft_target_losses())}"
+        )
+    return soft
+
+
 def _check_integer_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> None:
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
         raise ValueError("label map target holds non-integer values; pass class indices or a one-hot target")
@@ -235,6 +275,9 @@ class SegmentationLoss(nn.Module):
     #: ``softmax=True`` on one channel is the binary loss (the sigmoid) in every loss. Losses with MONAI's activation
     #: flags warn about it as MONAI does; a loss whose softmax is its own default (cross-entropy) sets False.
     warns_on_single_channel_softmax: bool = True
+    #: the loss's formula holds for soft (probabilistic) targets in [0, 1], e.g. label smoothing or several raters;
+    #: a loss that reads each voxel's class (distance maps, sorting, class counts) keeps False and refuses them.
+    accepts_soft_target: bool = False
     #: NaN/inf logits always make this loss non-finite, so the input is inspected only then; a loss whose value
     #: can stay finite (thresholds, sorting, pooling) sets False and has its input checked before every call.
     nan_propagates: bool = True
@@ -295,6 +338,8 @@ class SegmentationLoss(nn.Module):
             ignore_index=self.ignore_index,
             loss_name=self.loss_name,
             warn_single_channel_softmax=self.warns_on_single_channel_softmax,
+            soft_targets=self.accepts_soft_target,
+            to_onehot_y=self.to_onehot_y,
         )
 
 
@@ -339,11 +384,18 @@ def prepare(
     ignore_index: int | None = None,
     loss_name: str = "the loss",
     warn_single_channel_softmax: bool = True,
+    soft_targets: bool = False,
+    to_onehot_y: bool = False,
 ) -> Prepared:
     """Validate ``input``/``target`` and return float32 probabilities, one-hot target and ignore mask.
 
     A single channel is binary (see the module docstring): ``softmax=True`` gives the sigmoid, with a warning
     unless ``warn_single_channel_softmax=False``; without an activation the probabilities must lie in [0, 1].
+    ``soft_targets``: a ``(B, C, ...)`` target (or a float single-channel one) may hold any value in [0, 1]
+    (label smoothing, distillation, several raters) and its channels need not sum to 1; the prepared ``labels`` are
+    then ``None``. Otherwise it must be 0/1 (one class per voxel with ``softmax``) and anything else raises, naming
+    the loss. ``to_onehot_y`` only adds MONAI's warning on one channel: a
+    label map is expanded whenever the input has more than one channel.
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("input and target must be torch tensors")
@@ -354,13 +406,13 @@ def prepare(
     if not input.is_floating_point():
         raise ValueError(f"input must be floating point logits, got dtype {input.dtype}")
     if target.ndim != input.ndim or target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: expected "
             f"(B, 1, *spatial) label map or (B, C, *spatial) one-hot with B and spatial dims equal to the input's"
         )
     num_classes = input.shape[1]
     if target.shape[1] not in (1, num_classes):
-        raise ValueError(
+        raise ShapeMismatchError(
             f"target has {target.shape[1]} channels; expected 1 (label map) or {num_classes} (one-hot) "
             f"for input shape {tuple(input.shape)}"
         )
@@ -380,23 +432,27 @@ def prepare(
             labels = torch.where(keep, labels, torch.zeros_like(labels))
     else:
         onehot = target
-        if not torch.all((onehot == 0) | (onehot == 1)):
-            raise ValueError("one-hot target holds values other than 0 and 1; pass a (B, 1, ...) label map instead")
+        soft = _check_one_hot(onehot, soft_targets, loss_name)
         if ignore_index is not None:
             if 0 <= ignore_index < num_classes and num_classes > 1:
                 keep = onehot[:, ignore_index] == 0
             else:
                 keep = onehot.sum(1) > 0
             mask = keep.unsqueeze(1).to(logits.dtype)
-        if softmax and num_classes > 1:
+        if softmax and num_classes > 1 and not soft:
             sums = onehot.sum(1, keepdim=True)
             bad = sums != 1 if mask is None else (sums != 1) & (mask > 0)
-            if bad.any():
+            if not bad.any():
+                labels = onehot.argmax(1)  # exclusive classes: the label map, for the losses that read it
+            elif not soft_targets:
                 raise ValueError(
-                    f"one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other than 1"
+                    f"{loss_name}: the one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other "
+                    "than 1, so they have no class (to leave all-zero voxels out, pass an ignore_index outside "
+                    "0..C-1)"
                 )
-            labels = onehot.argmax(1)
 
+    if to_onehot_y and num_classes == 1:
+        warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
     if softmax and num_classes == 1:
         if warn_single_channel_softmax:
             warnings.warn(

@@ -64,6 +64,8 @@ class DiceCELoss(nn.Module):
     Reference: MONAI ``DiceCELoss``; the Dice + CE sum is nnU-Net's default (Isensee et al., Nature Methods 2021).
     """
 
+    accepts_soft_target = True  # both terms take soft targets
+
     aux_keys: tuple[str, ...] = ()
 
     def __init__(
@@ -111,7 +113,7 @@ class DiceCELoss(nn.Module):
             smooth_dr,
             batch,
             dice_weight,
-            ignore_index,
+            ignore_index=ignore_index,
         )
         self.dice.loss_name = f"the Dice term of {describe_loss(self)}"
         self.cross_entropy = CrossEntropyLoss(
@@ -126,20 +128,22 @@ class DiceCELoss(nn.Module):
         self.ignore_index = ignore_index
 
     def binary_ce(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Binary CE of a one-channel input, positives weighted by ``weight`` (torch's ``pos_weight``)."""
-        terms = self.binary_cross_entropy(input, target)  # (B, 1, *spatial), 0 at ignored voxels
+        r"""Binary CE of a one-channel input, positives weighted by ``weight`` (torch's ``pos_weight``):
+        :math:`-[w\, g \log \sigma(x) + (1 - g) \log \sigma(-x)]`, for 0/1 or soft targets."""
+        prep = self.binary_cross_entropy.prepare(input, target)
+        g = prep.target  # 0 at ignored voxels, as are the terms below
+        positive = -g * prep.log_probs
         if self.pos_weight is not None:
             if self.pos_weight.numel() != 1:
                 raise ValueError(
                     f"weight has {self.pos_weight.numel()} entries; a one-channel input takes a single weight "
                     "(the positive-class weight)"
                 )
-            # for hard labels, pos_weight scales exactly the positive voxels' terms
-            terms = terms * torch.where(target == 1, self.pos_weight.to(terms).reshape(()), 1.0)
+            positive = positive * self.pos_weight.to(positive).reshape(())
+        terms = prep.masked(positive - (1 - g) * prep.log_one_minus_probs)
         if self.reduction == "sum":
             return terms.sum()
-        counted = terms.numel() if self.ignore_index is None else (target != self.ignore_index).sum()
-        return terms.sum() / torch.as_tensor(counted, device=terms.device).clamp_min(1)
+        return terms.sum() / prep.voxel_count().sum().clamp_min(1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         dice = self.dice(input, target)
@@ -159,24 +163,24 @@ class DiceFocalLoss(nn.Module):
     r"""Weighted sum of the soft Dice loss and the focal loss: :math:`\lambda_d L_{Dice} + \lambda_f L_{Focal}`.
 
     Same arguments, defaults (``lambda_dice = lambda_focal = 1``, :math:`\gamma = 2`) and numbers as MONAI's
-    ``DiceFocalLoss``. As there, the activation flags and the Dice options act on the Dice term only, and the
-    focal term takes the logits with a *sigmoid* per channel (MONAI's ``FocalLoss`` default, mean over voxels
-    × classes), whatever the Dice activation; ``include_background``, ``weight``, ``alpha`` and ``reduction``
-    act on both terms.
+    ``DiceFocalLoss``: its terms are :class:`~medseg.losses.DiceLoss` and :class:`~medseg.losses.FocalLoss`. As
+    there, the activation flags and the Dice options act on the Dice term only, and the focal term takes the
+    logits with a *sigmoid* per channel (``FocalLoss``'s default), whatever the Dice activation;
+    ``include_background``, ``weight``, ``alpha`` and ``reduction`` act on both terms.
 
-    Added: ``focal_softmax=True`` gives the softmax focal loss instead (medseg's :class:`FocalLoss`, a
-    per-voxel mean: MONAI's ``FocalLoss(use_softmax=True)`` divides by voxels × classes, i.e. is ``C`` times
-    smaller, and ``DiceFocalLoss`` cannot select it); ``ignore_index`` (voxels with that label take part in
-    neither term); label-map targets need no ``to_onehot_y``.
+    Added: ``focal_softmax=True`` gives the focal term ``FocalLoss(use_softmax=True)`` (MONAI's ``DiceFocalLoss``
+    cannot select it); ``ignore_index`` (voxels with that label take part in neither term); label-map targets need
+    no ``to_onehot_y``; soft targets in [0, 1].
 
-    ``reduction="none"`` returns the Dice term ``(B, C, 1, ...)`` broadcast onto the per-voxel focal term
-    ``(B, C, *spatial)`` (sigmoid focal only), as MONAI does; ``"mean"`` and ``"none"`` give MONAI's numbers.
-    ``"sum"`` is the plain sum of both terms (MONAI's focal ``"sum"`` first averages over the spatial dims).
-    A class absent from target and prediction adds 0 to the Dice term; its focal term is the (small) loss of
-    predicting it absent.
+    ``reduction="none"`` returns the Dice term ``(B, C, 1, ...)`` broadcast onto the per-class focal terms
+    ``(B, C, *spatial)``, as MONAI does; ``"sum"`` is the Dice sum plus MONAI's focal ``"sum"`` (spatial means
+    summed). A class absent from target and prediction adds 0 to the Dice term; its focal term is the (small) loss
+    of predicting it absent.
 
     References: Lin et al., Focal loss, ICCV 2017; Dice + focal: Zhu et al., AnatomyNet, Medical Physics 2019.
     """
+
+    accepts_soft_target = True  # both terms take soft targets
 
     aux_keys: tuple[str, ...] = ()
 
@@ -203,11 +207,6 @@ class DiceFocalLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_trade_off(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
-        if reduction == "none" and focal_softmax:
-            raise ValueError(
-                "reduction='none' needs the per-class sigmoid focal term; with focal_softmax=True the focal term "
-                "is per voxel and the Dice term per class, so choose 'mean' or 'sum'"
-            )
         self.dice = DiceLoss(
             include_background,
             to_onehot_y,
@@ -221,19 +220,19 @@ class DiceFocalLoss(nn.Module):
             smooth_dr,
             batch,
             weight,
-            ignore_index,
+            ignore_index=ignore_index,
         )
         self.dice.loss_name = f"the Dice term of {describe_loss(self)}"
         self.focal = FocalLoss(
             include_background=include_background,
-            sigmoid=not focal_softmax,
-            softmax=focal_softmax,
             gamma=gamma,
             alpha=alpha,
             weight=weight,
             reduction=reduction,
+            use_softmax=focal_softmax,
             ignore_index=ignore_index,
         )
+        self.focal.loss_name = f"the focal term of {describe_loss(self)}"
         self.lambda_dice = float(lambda_dice)
         self.lambda_focal = float(lambda_focal)
 
@@ -262,6 +261,8 @@ class ComboLoss(SegmentationLoss):
     Reference: Taghanaki, Zheng, Zhou, Georgescu, Sharma, Xu, Comaniciu, Hamarneh, "Combo loss: Handling
     input and output imbalance in multi-organ segmentation", Computerized Medical Imaging and Graphics 2019.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,
@@ -450,6 +451,8 @@ class UnifiedFocalLoss(SegmentationLoss):
     losses to handle class imbalanced medical image segmentation", Computerized Medical Imaging and
     Graphics 2022.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,

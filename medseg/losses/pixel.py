@@ -72,6 +72,8 @@ class CrossEntropyLoss(SegmentationLoss):
     ``softmax=False, sigmoid=False`` it is the binary CE of probabilities in [0, 1] (others raise ValueError).
     """
 
+    accepts_soft_target = True
+
     warns_on_single_channel_softmax = False  # softmax is this loss's own default: one channel is BCE by definition
 
     def __init__(
@@ -179,6 +181,8 @@ class BalancedCrossEntropyLoss(SegmentationLoss):
     common ones; takes logits (the sigmoid is part of the loss).
     """
 
+    accepts_soft_target = True
+
     def __init__(
         self,
         include_background: bool = True,
@@ -260,31 +264,33 @@ class TopKLoss(SegmentationLoss):
 
 @register("focal", "pixel", "Lin, Goyal, Girshick, He, Dollár, Focal Loss for Dense Object Detection, ICCV 2017")
 class FocalLoss(SegmentationLoss):
-    r"""Focal loss :math:`-\alpha_t (1 - p_t)^\gamma \log p_t`, softmax (default) or sigmoid.
+    r"""Focal loss :math:`-\alpha_t (1 - p_t)^\gamma \log p_t`, sigmoid (default) or softmax, as MONAI's ``FocalLoss``.
 
-    Softmax: :math:`-\sum_c \alpha_c w_c\, g_c (1 - p_c)^\gamma \log p_c` per voxel. Sigmoid: each channel is
-    a binary problem, :math:`p_t = p` where :math:`g = 1` and :math:`1 - p` where :math:`g = 0`.
-    ``sigmoid=True`` or ``softmax=False`` selects the sigmoid (MONAI's ``use_softmax=False``); a single-channel
-    input always uses the sigmoid.
+    Sigmoid (``use_softmax=False``): each channel is a binary problem, :math:`p_t = p` where :math:`g = 1` and
+    :math:`1 - p` where :math:`g = 0` (``torchvision.ops.sigmoid_focal_loss``'s terms). Softmax
+    (``use_softmax=True``): :math:`-\alpha_c w_c\, g_c (1 - p_c)^\gamma \log p_c` per voxel and class. Both take
+    logits. Same arguments, defaults and numbers as MONAI's ``FocalLoss``; soft targets in [0, 1] are accepted (the
+    binary cross-entropy and softmax terms are defined for them).
 
-    Reductions as :class:`CrossEntropyLoss` (γ = 0, no α or weight, all classes: its numbers). Softmax:
-    ``"mean"`` averages the per-voxel loss (summed over the classes) over the voxels that take part and
-    ``"none"`` returns it, ``(B, *spatial)``. Sigmoid: ``"mean"`` averages over voxels × classes and ``"none"``
-    returns the per-class terms ``(B, C', *spatial)``. ``"sum"`` is the plain sum.
+    Reductions (MONAI's), over the per-class terms ``(B, C', *spatial)``: ``"none"`` returns them; ``"mean"``
+    divides their sum by voxels × classes (for the softmax the C' − 1 terms of the other classes are 0, so this is
+    the per-voxel focal loss over C'; γ = 0 gives ``cross_entropy / C'``); ``"sum"`` averages each item and class over
+    the spatial dims, then sums (MONAI's backward-compatible definition). With ``ignore_index`` ignored voxels count
+    nowhere: ``"mean"`` divides by the voxels that take part × classes (MONAI divides by the voxels only: see
+    docs/monai_differences.md). As in MONAI, ``include_background=False`` with softmax drops channel 0 *before*
+    the softmax. A ``(B, C)`` input (no spatial dims, classification) is read as ``(B, C, 1)``.
 
-    Against MONAI's ``FocalLoss(use_softmax=softmax)``: sigmoid gives MONAI's numbers (and
-    ``torchvision.ops.sigmoid_focal_loss``'s); softmax gives MONAI × C', as MONAI averages over voxels ×
-    classes. With ``ignore_index`` MONAI divides by the voxels only: softmax then agrees and sigmoid is
-    MONAI / C'. MONAI's ``"sum"`` first averages over the spatial dims; ours does not. As in MONAI,
-    ``include_background=False`` with softmax drops channel 0 *before* the softmax (background voxels add 0).
+    One channel is binary (medseg's single-channel rule): ``use_softmax=True`` computes the sigmoid focal loss, with a
+    warning (MONAI's softmax over one channel is 1 and its loss always 0).
 
     Args:
-        gamma: focusing exponent γ ≥ 0; 2 from Lin et al. (γ = 0 gives CE / BCE).
-        alpha: α-balancing. Softmax: a scalar gives class 0 weight 1 − α and the others α (MONAI's rule; needs
-            ``include_background=True``), a sequence one α per kept class. Sigmoid: a scalar weighs positives by α
-            and negatives by 1 − α (Lin et al., torchvision use 0.25), a sequence weighs class c's positives by
-            α_c. Default ``None``: no α.
-        weight: per-class weight multiplied into each class's terms (MONAI's ``weight``).
+        gamma: focusing exponent γ ≥ 0; 2 from Lin et al. (γ = 0 gives BCE / CE).
+        alpha: α-balancing. Sigmoid: a scalar in [0, 1] weighs positives by α and negatives by 1 − α (Lin et al.,
+            torchvision use 0.25), a sequence weighs class c's positives by α_c. Softmax: a scalar gives class 0
+            weight 1 − α and the others α (needs ``include_background=True``: MONAI warns and drops α there, medseg
+            raises), a sequence one weight per kept class. Default ``None``: no α.
+        weight: per-class weight (or one scalar) multiplied into each class's terms (MONAI's ``weight``).
+        use_softmax: the softmax over the classes instead of a sigmoid per channel (MONAI's flag and default).
 
     Empty classes: an absent class adds nothing with softmax; with sigmoid only its negative terms,
     small when it is predicted absent.
@@ -292,26 +298,27 @@ class FocalLoss(SegmentationLoss):
     Reference: Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection", ICCV 2017.
     """
 
+    accepts_soft_target = True
+
     def __init__(
         self,
         include_background: bool = True,
         to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = True,
         gamma: float = 2.0,
         alpha: float | Sequence[float] | torch.Tensor | None = None,
         weight: Sequence[float] | float | torch.Tensor | None = None,
         reduction: str = "mean",
+        use_softmax: bool = False,
         ignore_index: int | None = None,
     ) -> None:
-        use_softmax = softmax and not sigmoid
         super().__init__(include_background, to_onehot_y, not use_softmax, use_softmax, None, reduction, ignore_index)
         if gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {gamma}")
         self.gamma = float(gamma)
+        self.use_softmax = use_softmax
         alpha_tensor = class_weight_tensor(alpha, "alpha")
-        if alpha_tensor is not None and (alpha_tensor > 1).any():
-            raise ValueError(f"alpha values must be in [0, 1], got {alpha_tensor.tolist()}")
+        if alpha_tensor is not None and alpha_tensor.ndim == 0 and alpha_tensor > 1:
+            raise ValueError(f"a scalar alpha must be in [0, 1] (it weighs one side by 1 - alpha), got {float(alpha)}")
         if alpha_tensor is not None and alpha_tensor.ndim == 0 and use_softmax and not include_background:
             raise ValueError(
                 "a scalar alpha weighs class 0 by 1 - alpha and the others by alpha, but include_background=False "
@@ -327,7 +334,10 @@ class FocalLoss(SegmentationLoss):
         alpha = self.alpha.to(g)
         num_classes = g.shape[1]
         if alpha.ndim == 1 and alpha.numel() != num_classes:
-            raise ValueError(f"alpha has {alpha.numel()} entries but the loss has {num_classes} classes")
+            raise ValueError(
+                f"the length of alpha ({alpha.numel()}) must match the number of classes the loss keeps "
+                f"({num_classes}; with include_background=False class 0 is not one of them)"
+            )
         per_class = [1, num_classes] + [1] * (g.ndim - 2)
         if use_softmax:
             if alpha.ndim == 0:
@@ -338,16 +348,10 @@ class FocalLoss(SegmentationLoss):
         return 1 + (alpha.view(per_class) - 1) * g  # α_c on positives, 1 on negatives (MONAI)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prep = prepare(
-            input,
-            target,
-            self.include_background,
-            sigmoid=not self.softmax,
-            softmax=self.softmax,
-            ignore_index=self.ignore_index,
-            loss_name=self.loss_name,
-            warn_single_channel_softmax=False,  # one channel: the sigmoid focal loss, documented above
-        )
+        if isinstance(input, torch.Tensor) and input.ndim == 2:  # (B, C) scores: one voxel per item, as MONAI
+            loss = self.forward(input.unsqueeze(-1), target.unsqueeze(-1) if target.ndim == 2 else target)
+            return loss.squeeze(-1) if self.reduction == "none" else loss
+        prep = self.prepare(input, target)
         use_softmax = prep.activation == "softmax"
         g = prep.target
         if use_softmax:
@@ -363,11 +367,11 @@ class FocalLoss(SegmentationLoss):
         if alpha_t is not None:
             terms = alpha_t * terms
         terms = prep.masked(apply_class_weight(terms, self.class_weight))
-        if use_softmax:
-            return reduce_over_voxels(terms.sum(1), prep, self.reduction)
-        if self.reduction == "mean":
-            return terms.sum() / (prep.voxel_count().sum() * terms.shape[1]).clamp_min(1)
-        return reduce_over_voxels(terms, prep, self.reduction)
+        if self.reduction == "none":
+            return terms
+        if self.reduction == "sum":  # MONAI: the spatial mean of each item and class, summed
+            return (terms.flatten(2).sum(-1) / prep.voxel_count().clamp_min(1).unsqueeze(1)).sum()
+        return terms.sum() / (prep.voxel_count().sum() * terms.shape[1]).clamp_min(1)
 
 
 @register(

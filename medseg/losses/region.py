@@ -36,8 +36,16 @@ class _PerClassRegionLoss(SegmentationLoss):
     """Shared arguments and reduction of the losses computed per item and class from one prepared batch.
 
     A subclass implements :meth:`class_loss`; ``forward`` weights the classes (``weight``) and reduces.
-    ``reduction="none"`` returns ``(B, C', 1, ...)`` (``(1, C', 1, ...)`` with ``batch=True``), as MONAI's DiceLoss.
+    ``reduction="none"`` returns ``(B, C', 1, ...)`` (``(1, C', 1, ...)`` with ``batch=True``), as MONAI's DiceLoss;
+    a subclass with ``none_broadcasts = False`` returns ``(B, C')`` (``(C',)``), as MONAI's TverskyLoss.
+    A subclass whose formula holds for soft targets says so with ``accepts_soft_target = True``.
     """
+
+    #: ``reduction="none"`` keeps a 1 per spatial dim so that the result broadcasts against the input
+    none_broadcasts: bool = True
+    #: with ``batch=True``, ``reduction="none"`` keeps a leading batch dim of 1: ``(1, C', 1, ...)``; False gives
+    #: MONAI's DiceLoss shape ``(C', 1, ...)`` (the same broadcast against the input)
+    none_batch_dim: bool = True
 
     def __init__(
         self,
@@ -67,7 +75,11 @@ class _PerClassRegionLoss(SegmentationLoss):
         loss = self.per_class(input, target)
         if loss.shape[-1] > 1:  # as MONAI: a class weight means nothing with one class left
             loss = apply_class_weight(loss, self.class_weight, class_dim=loss.ndim - 1)
+        if not self.none_broadcasts:
+            return reduce(loss, self.reduction)
         if self.batch and self.reduction == "none":
+            if not self.none_batch_dim:
+                return loss.view(*loss.shape, *([1] * (input.ndim - 2)))
             loss = loss.unsqueeze(0)
         return reduce(loss, self.reduction, input.ndim - 2)
 
@@ -77,17 +89,25 @@ class DiceLoss(_PerClassRegionLoss):
     r"""Soft Dice loss per class: :math:`1 - \frac{2TP + s_{nr}}{2TP + FP + FN + s_{dr}}`.
 
     Same arguments, defaults and numbers as MONAI's ``DiceLoss`` (``squared_pred`` gives the V-Net form with
-    :math:`\sum p^2 + \sum g^2` in the denominator; ``jaccard`` gives :math:`1 - \frac{TP+s}{TP+FP+FN+s}`).
+    :math:`\sum p^2 + \sum g^2` in the denominator; ``jaccard`` gives MONAI's soft Jaccard
+    :math:`1 - \frac{2TP + s_{nr}}{2(TP + FP + FN) + s_{dr}}`, i.e. :class:`JaccardLoss` with halved smoothing).
+    Soft targets in [0, 1] are accepted; ``soft_label=True`` computes TP as
+    :math:`(\sum|p| + \sum|g| - \sum|p - g|)/2`, which equals :math:`\sum p g` for 0/1 targets and keeps the loss
+    0 at :math:`p = g` for soft ones (Wang & Blaschko 2023; MONAI's ``soft_label``).
     Adds: label-map targets without ``to_onehot_y``, input validation, float32 reductions under autocast.
     One channel is binary, in this and every region loss: ``softmax=True`` applies the sigmoid (the softmax of the
     logits ``(0, x)``; MONAI warns and skips the activation), and without an activation values outside [0, 1]
     raise ValueError instead of being read as probabilities.
 
     A class absent from target and prediction scores :math:`1 - s_{nr}/s_{dr} = 0` (default smoothing).
-    ``reduction="none"`` returns ``(B, C, 1, ...)`` (``(1, C, 1, ...)`` with ``batch=True``).
+    ``reduction="none"`` returns ``(B, C, 1, ...)`` (``(C, 1, ...)`` with ``batch=True``), MONAI's shapes.
 
     Reference: Milletari, Navab, Ahmadi, "V-Net", 3DV 2016.
     """
+
+    accepts_soft_target = True
+
+    none_batch_dim = False  # MONAI's DiceLoss shape
 
     def __init__(
         self,
@@ -103,6 +123,7 @@ class DiceLoss(_PerClassRegionLoss):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(
@@ -112,21 +133,22 @@ class DiceLoss(_PerClassRegionLoss):
         self.jaccard = jaccard
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
+        self.soft_label = soft_label
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
-        tp, fp, fn = overlap_stats(prep, self.batch, self.squared_pred)
-        if self.jaccard:
-            return 1.0 - (tp + self.smooth_nr) / (tp + fp + fn + self.smooth_dr)
+        tp, fp, fn = overlap_stats(prep, self.batch, self.squared_pred, self.soft_label)
+        if self.jaccard:  # MONAI's form: the Jaccard loss with both smoothing terms halved
+            return 1.0 - (2.0 * tp + self.smooth_nr) / (2.0 * (tp + fp + fn) + self.smooth_dr)
         return 1.0 - (2.0 * tp + self.smooth_nr) / (2.0 * tp + fp + fn + self.smooth_dr)
 
 
 def _reduce_per_item(loss: torch.Tensor, reduction: str, batch: bool, spatial_ndim: int) -> torch.Tensor:
     """Reduce a loss already summed over the classes: ``(B, 1)``, or ``(1,)`` with ``batch``.
 
-    ``reduction="none"`` gives ``(B, 1, 1, ...)`` (``(1, 1, 1, ...)`` with ``batch``).
+    ``reduction="none"`` gives ``(B, 1, 1, ...)`` (``(1, 1, ...)`` with ``batch``), MONAI's GeneralizedDiceLoss shapes.
     """
     if batch and reduction == "none":
-        loss = loss.unsqueeze(0)
+        return loss.view(1, *([1] * spatial_ndim))
     return reduce(loss, reduction, spatial_ndim)
 
 
@@ -143,20 +165,23 @@ class GeneralizedDiceLoss(SegmentationLoss):
 
     (``w_type="simple"``: :math:`1/\sum_i g_{ic}`; ``"uniform"``: 1), summed over the classes of each item (over
     the classes and the whole batch with ``batch=True``). Same arguments, defaults and numbers as MONAI's
-    ``GeneralizedDiceLoss``; adds ``ignore_index`` (ignored voxels count in no volume and no overlap), label-map
-    targets without ``to_onehot_y``, input validation, float32 reductions under autocast.
+    ``GeneralizedDiceLoss`` (soft targets and ``soft_label`` as :class:`DiceLoss`); adds ``ignore_index`` (ignored
+    voxels count in no volume and no overlap), label-map targets without ``to_onehot_y``, input validation, float32
+    reductions under autocast.
 
     Empty classes: a class absent from an item's target would get an infinite weight (references that add
     :math:`\epsilon = 10^{-10}` give it :math:`10^{20}` and let its false positives swamp the loss). MONAI's rule,
     kept here: it gets the largest finite weight of that item (of the batch with ``batch=True``), so predicting it
     costs as much as for the rarest present class. An item with no class present at all (only possible with
     ``include_background=False`` or everything ignored) has all weights 0 and scores
-    :math:`1 - s_{nr}/s_{dr} = 0`. ``reduction="none"`` returns ``(B, 1, 1, ...)`` (``(1, 1, 1, ...)`` with
-    ``batch=True``).
+    :math:`1 - s_{nr}/s_{dr} = 0`. ``reduction="none"`` returns ``(B, 1, 1, ...)`` (``(1, 1, ...)`` with
+    ``batch=True``), MONAI's shapes.
 
     Reference: Sudre, Li, Vercauteren, Ourselin, Cardoso, "Generalised Dice overlap as a deep learning loss function
     for highly unbalanced segmentations", DLMIA (MICCAI workshop) 2017.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,
@@ -170,6 +195,7 @@ class GeneralizedDiceLoss(SegmentationLoss):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         batch: bool = False,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, ignore_index)
@@ -179,6 +205,7 @@ class GeneralizedDiceLoss(SegmentationLoss):
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
         self.batch = batch
+        self.soft_label = soft_label
 
     def volume_weights(self, volume: torch.Tensor) -> torch.Tensor:
         """Class weights from the target volumes ``(B, C')``/``(C',)``, absent classes given the largest finite one."""
@@ -195,7 +222,7 @@ class GeneralizedDiceLoss(SegmentationLoss):
     def per_item(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Generalised Dice loss per item ``(B, 1)`` (``(1,)`` with ``batch=True``)."""
         prep = self.prepare(input, target)
-        tp, fp, fn = overlap_stats(prep, self.batch)
+        tp, fp, fn = overlap_stats(prep, self.batch, soft_label=self.soft_label)
         w = self.volume_weights((tp + fn).detach())
         numerator = 2.0 * (w * tp).sum(-1, keepdim=True) + self.smooth_nr
         denominator = (w * (2.0 * tp + fp + fn)).sum(-1, keepdim=True) + self.smooth_dr
@@ -251,7 +278,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            ignore_index,
+            ignore_index=ignore_index,
         )
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
@@ -279,6 +306,8 @@ class LogCoshDiceLoss(_PerClassRegionLoss):
 
     Reference: Jadon, "A survey of loss functions for semantic segmentation", IEEE CIBCB 2020.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,
@@ -324,9 +353,9 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
     with the paper's weighting (``weighting_mode="default"``): :math:`\alpha_0 = 0` for the background, class 0,
     and 1 for every other class. ``weighting_mode="GDL"`` (Tilborghs et al. 2020) uses
     :math:`\alpha_l = 1/(V_l + 1)` with :math:`V_l` the class volume and denominator
-    :math:`\sum_i \alpha_{l_i}(2 - W_i)`. One value per item; ``reduction="none"`` returns ``(B, 1, 1, ...)``
-    (MONAI returns ``(B,)``). Same arguments, defaults and numbers as MONAI's
-    ``GeneralizedWassersteinDiceLoss``.
+    :math:`\sum_i \alpha_{l_i}(2 - W_i)`. One value per item; ``reduction="none"`` returns ``(B,)``, as MONAI.
+    Same arguments, defaults and numbers as MONAI's ``GeneralizedWassersteinDiceLoss``; the target may be a label
+    map ``(B, 1, *spatial)`` or ``(B, *spatial)`` (MONAI's form), or one-hot ``(B, C, *spatial)``.
 
     The softmax over all ``C`` classes is part of the loss (it takes logits) and every class takes part: the
     weighting :math:`\alpha` decides what the background counts for, so there is no ``include_background``,
@@ -385,6 +414,8 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
                 f"{self.loss_name}: input has {input.shape[1]} channels but dist_matrix is {num_classes} x "
                 f"{num_classes} (input shape {tuple(input.shape)}){binary_hint}"
             )
+        if isinstance(target, torch.Tensor) and isinstance(input, torch.Tensor) and target.ndim == input.ndim - 1:
+            target = target.unsqueeze(1)  # MONAI's (B, *spatial) label map
         prep = self.prepare(input, target)
         probs = prep.probs.flatten(2)  # (B, C, N)
         labels = prep.labels.flatten(1)  # (B, N), 0 at ignored voxels
@@ -410,7 +441,7 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
         return loss.unsqueeze(1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _reduce_per_item(self.per_item(input, target), self.reduction, False, input.ndim - 2)
+        return reduce(self.per_item(input, target)[:, 0], self.reduction)
 
 
 @register("jaccard", "region", "Rahman & Wang, Optimizing Intersection-Over-Union, ISVC 2016")
@@ -429,6 +460,8 @@ class JaccardLoss(_PerClassRegionLoss):
     Reference: Rahman & Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks for Image Segmentation",
     ISVC 2016.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,
@@ -465,8 +498,8 @@ class TverskyLoss(_PerClassRegionLoss):
     ``TverskyLoss`` uses the same convention, so its arguments map one to one and the numbers agree). Defaults are
     MONAI's, :math:`\alpha = \beta = 0.5` (the Dice loss up to smoothing); the paper's best setting for small
     lesions, :math:`\alpha = 0.3, \beta = 0.7` (recall over precision), goes in the config overlay.
-    Adds to MONAI: ``weight`` per class, label-map targets, validation. ``reduction="none"`` returns
-    ``(B, C, 1, ...)`` like the other medseg region losses (MONAI's TverskyLoss returns ``(B, C)``).
+    Soft targets and ``soft_label`` as :class:`DiceLoss`. Adds to MONAI: ``weight`` per class, label-map targets,
+    validation. ``reduction="none"`` returns ``(B, C)`` (``(C,)`` with ``batch=True``), as MONAI's TverskyLoss.
 
     Empty classes: a class absent from target and prediction scores :math:`1 - s_{nr}/s_{dr} = 0`; one that is
     only predicted scores :math:`1 - s_{nr}/(\alpha FP + s_{dr})`, close to 1.
@@ -474,6 +507,10 @@ class TverskyLoss(_PerClassRegionLoss):
     Reference: Salehi, Erdogmus, Gholipour, "Tversky loss function for image segmentation using 3D fully
     convolutional deep networks", MLMI (MICCAI workshop) 2017.
     """
+
+    accepts_soft_target = True
+
+    none_broadcasts = False  # MONAI's TverskyLoss shape
 
     def __init__(
         self,
@@ -488,8 +525,9 @@ class TverskyLoss(_PerClassRegionLoss):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         batch: bool = False,
-        weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
     ) -> None:
         super().__init__(
             include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, batch, weight, ignore_index
@@ -500,9 +538,10 @@ class TverskyLoss(_PerClassRegionLoss):
         self.fn_weight = float(beta)
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
+        self.soft_label = soft_label
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
-        tp, fp, fn = overlap_stats(prep, self.batch)
+        tp, fp, fn = overlap_stats(prep, self.batch, soft_label=self.soft_label)
         tversky_index = (tp + self.smooth_nr) / (tp + self.fp_weight * fp + self.fn_weight * fn + self.smooth_dr)
         return 1.0 - tversky_index
 
@@ -533,6 +572,8 @@ class FocalTverskyLoss(TverskyLoss):
     Segmentation", ISBI 2019.
     """
 
+    none_broadcasts = True  # ``(B, C', 1, ...)`` like the other medseg region losses (no MONAI class to follow)
+
     def __init__(
         self,
         include_background: bool = True,
@@ -562,8 +603,8 @@ class FocalTverskyLoss(TverskyLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            weight,
-            ignore_index,
+            ignore_index=ignore_index,
+            weight=weight,
         )
         if gamma <= 0:
             raise ValueError(f"gamma must be positive, got {gamma}")
@@ -593,6 +634,8 @@ class AsymmetricSimilarityLoss(TverskyLoss):
     Lesion Detection", IEEE Access 2018.
     """
 
+    none_broadcasts = True  # ``(B, C', 1, ...)`` like the other medseg region losses (no MONAI class to follow)
+
     def __init__(
         self,
         include_background: bool = True,
@@ -621,8 +664,8 @@ class AsymmetricSimilarityLoss(TverskyLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            weight,
-            ignore_index,
+            ignore_index=ignore_index,
+            weight=weight,
         )
         self.f_beta = float(beta)
 
@@ -646,6 +689,8 @@ class SensitivitySpecificityLoss(_PerClassRegionLoss):
     Reference: Brosch, Yoo, Tang, Li, Traboulsee, Tam, "Deep Convolutional Encoder Networks for Multiple Sclerosis
     Lesion Segmentation", MICCAI 2015.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,
@@ -714,6 +759,8 @@ class RobustTLoss(_PerClassRegionLoss):
     Reference: Gonzalez-Jimenez, Lionetti, Gottfrois, Gröger, Pouly, Navarini, "Robust T-Loss for Medical Image
     Segmentation", MICCAI 2023.
     """
+
+    accepts_soft_target = True
 
     def __init__(
         self,

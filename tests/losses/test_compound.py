@@ -148,13 +148,14 @@ def test_dice_focal_matches_monai(kwargs, spatial):
     assert torch.allclose(ours, reference.double(), rtol=1e-5, atol=1e-5)  # MONAI's focal term runs in float32
 
 
-def test_dice_focal_softmax_is_c_times_monai_softmax_focal():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_dice_focal_softmax_focal_is_monais_softmax_focal(reduction):
+    # MONAI's DiceFocalLoss cannot select the softmax focal term; focal_softmax=True adds FocalLoss(use_softmax=True)
     logits, labels = random_batch()
-    ours = get_loss("dice_focal", softmax=True, focal_softmax=True, gamma=2.0)(logits, labels)
-    dice = monai.losses.DiceLoss(to_onehot_y=True, softmax=True)(logits, labels)
-    # MONAI's softmax focal mean divides by voxels × classes; medseg's by voxels (3 classes)
-    focal = monai_loss(monai.losses.FocalLoss, to_onehot_y=True, use_softmax=True)(logits, labels)
-    assert torch.allclose(ours, dice + 3 * focal.double(), rtol=1e-5, atol=1e-5)
+    ours = get_loss("dice_focal", softmax=True, focal_softmax=True, reduction=reduction)(logits, labels)
+    dice = monai.losses.DiceLoss(to_onehot_y=True, softmax=True, reduction=reduction)(logits, labels)
+    focal = monai_loss(monai.losses.FocalLoss, to_onehot_y=True, use_softmax=True, reduction=reduction)(logits, labels)
+    assert torch.allclose(ours, dice + focal.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_dice_focal_ignore_index_against_plain_formula():

@@ -74,13 +74,14 @@ def test_reductions_are_consistent(name):
     x, y = batch()
     per_voxel = evaluate(name, x, y, reduction="none")
     total = evaluate(name, x, y, reduction="sum")
-    assert torch.allclose(per_voxel.sum(), total)
-    # "none" shapes: per voxel (B, *spatial), except the per-class binary losses: (B, C, *spatial)
-    expected = (2, 3, 5, 6) if name == "balanced_ce" else (2, 5, 6)
+    # focal's "sum" is MONAI's: the spatial mean (over 30 voxels) of each item and class, summed
+    assert torch.allclose(per_voxel.sum() / (30 if name == "focal" else 1), total)
+    # "none" shapes: per voxel (B, *spatial), except the per-class losses: (B, C, *spatial)
+    expected = (2, 3, 5, 6) if name in ("balanced_ce", "focal") else (2, 5, 6)
     assert per_voxel.shape == expected
-    # "mean" divides the sum by the voxels (x classes for balanced_ce; by K selected voxels for topk)
-    count = {"balanced_ce": 2 * 30 * 3, "topk": int(60 * 10 / 100)}.get(name, 60)
-    assert torch.allclose(evaluate(name, x, y), total / count)
+    # "mean" divides the sum by the voxels (x classes for the per-class losses; by K selected voxels for topk)
+    count = {"balanced_ce": 2 * 30 * 3, "focal": 2 * 30 * 3, "topk": int(60 * 10 / 100)}.get(name, 60)
+    assert torch.allclose(evaluate(name, x, y), per_voxel.sum() / count)
 
 
 @pytest.mark.parametrize("name", ["topk", "dpce", "conservative"])
@@ -244,20 +245,15 @@ def test_focal_matches_monai(spatial, softmax, include_background, options, igno
     if ignore:
         y = with_ignored(y)
         options["ignore_index"] = IGNORE
-    kwargs = {"include_background": include_background, **options}
-    ours = FocalLoss(softmax=softmax, **kwargs)
-    reference = monai.losses.FocalLoss(to_onehot_y=True, use_softmax=softmax, **kwargs)
-    ref_none = monai.losses.FocalLoss(to_onehot_y=True, use_softmax=softmax, reduction="none", **kwargs)(x, y)
-    none = FocalLoss(softmax=softmax, reduction="none", **kwargs)(x, y)
-    if softmax:
-        # ours: mean over voxels; MONAI: over voxels x classes (over voxels only when it masks ignored voxels)
-        expected = reference(x, y) * (1 if ignore else kept)
-        assert torch.allclose(none, ref_none.sum(1).to(none.dtype), atol=1e-6)
-    else:
-        # sigmoid: ours over voxels x classes like MONAI without ignore; MONAI's masked mean is over voxels only
-        expected = reference(x, y) / (kept if ignore else 1)
-        assert torch.allclose(none, ref_none.to(none.dtype), atol=1e-6)
-    assert torch.allclose(ours(x, y), expected.to(torch.float64), atol=1e-5)
+    kwargs = {"include_background": include_background, "use_softmax": softmax, **options}
+    for reduction in ("none", "sum", "mean"):
+        ours = FocalLoss(reduction=reduction, **kwargs)(x, y)
+        reference = monai.losses.FocalLoss(to_onehot_y=True, reduction=reduction, **kwargs)(x, y).double()
+        if reduction == "mean" and ignore:
+            # MONAI's masked mean divides by the kept voxels only, its plain mean by voxels x classes (ours, always)
+            reference = reference / kept
+        assert ours.shape == reference.shape
+        assert torch.allclose(ours, reference, atol=1e-5), reduction
 
 
 def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0):
@@ -277,31 +273,33 @@ def test_focal_sigmoid_matches_torchvision_formula(alpha, classes):
     x, y = batch((4, 5, 6), classes=classes)
     g = one_hot(y, classes) if classes > 1 else y.double()
     expected = torchvision_sigmoid_focal_loss(x, g, alpha=-1 if alpha is None else alpha)
-    # a single-channel input uses the sigmoid even with the default softmax=True
-    assert torch.allclose(FocalLoss(sigmoid=True, alpha=alpha)(x, y), expected, atol=1e-10)
-    if classes == 1:
-        assert torch.allclose(FocalLoss(alpha=alpha)(x, y), expected, atol=1e-10)
+    assert torch.allclose(FocalLoss(alpha=alpha)(x, y), expected, atol=1e-10)
+    if classes == 1:  # one channel is binary: use_softmax=True gives the sigmoid focal loss, with a warning
+        with pytest.warns(UserWarning, match="single channel"):
+            assert torch.allclose(FocalLoss(alpha=alpha, use_softmax=True)(x, y), expected, atol=1e-10)
 
 
 def test_focal_gamma_zero_is_cross_entropy():
+    # softmax: MONAI's mean over voxels x classes, so CE / C; sigmoid: BCE
     x, y = batch(classes=4)
-    assert torch.allclose(FocalLoss(gamma=0)(x, y), torch.nn.functional.cross_entropy(x, y[:, 0]))
+    ce = torch.nn.functional.cross_entropy(x, y[:, 0])
+    assert torch.allclose(FocalLoss(gamma=0, use_softmax=True)(x, y), ce / 4)
     g = one_hot(y, 4)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(x, g)
-    assert torch.allclose(FocalLoss(sigmoid=True, gamma=0)(x, g), bce)
+    assert torch.allclose(FocalLoss(gamma=0)(x, g), bce)
 
 
 def test_focal_hand_worked():
     # softmax, 2 classes, logits (0, ln 3): p = (1/4, 3/4). Label 1: (1 - 3/4)^2 (-ln 3/4) = 0.0625 ln(4/3);
-    # label 0: (1 - 1/4)^2 (-ln 1/4) = 0.5625 ln 4. Mean over the 2 voxels.
+    # label 0: (1 - 1/4)^2 (-ln 1/4) = 0.5625 ln 4. Mean over the 2 voxels x 2 classes (MONAI's reduction).
     x = torch.cat([row([0.0, 0.0]), row([LN3, LN3])], 1)
     y = torch.tensor([1, 0]).view(1, 1, 1, 2)
-    expected = (0.0625 * math.log(4 / 3) + 0.5625 * math.log(4)) / 2
-    assert FocalLoss()(x, y).item() == pytest.approx(expected, abs=1e-12)
+    expected = (0.0625 * math.log(4 / 3) + 0.5625 * math.log(4)) / 4
+    assert FocalLoss(use_softmax=True)(x, y).item() == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"sigmoid": True, "alpha": 0.25}, {"include_background": False, "alpha": [0.3, 0.7]}]
+    "kwargs", [{"alpha": 0.25}, {"use_softmax": True, "include_background": False, "alpha": [0.3, 0.7]}]
 )
 def test_focal_gradcheck_beyond_the_default(kwargs):
     x, y = batch((3, 4), classes=3)
@@ -312,10 +310,12 @@ def test_focal_gradcheck_beyond_the_default(kwargs):
 
 def test_focal_rejects_ambiguous_alpha():
     with pytest.raises(ValueError, match="scalar alpha"):
-        FocalLoss(include_background=False, alpha=0.25)
-    with pytest.raises(ValueError, match=r"alpha values must be in \[0, 1\]"):
+        FocalLoss(include_background=False, alpha=0.25, use_softmax=True)
+    with pytest.raises(ValueError, match=r"scalar alpha must be in \[0, 1\]"):
         FocalLoss(alpha=1.5)
-    with pytest.raises(ValueError, match="alpha has 2 entries"):
+    with pytest.raises(ValueError, match="alpha values must be non-negative"):
+        FocalLoss(alpha=[0.5, -0.5, 1.0])
+    with pytest.raises(ValueError, match=r"length of alpha \(2\)"):
         FocalLoss(alpha=[0.5, 0.5])(*batch())
 
 

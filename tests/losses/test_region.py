@@ -454,17 +454,36 @@ def test_t_loss_nu_is_a_parameter_the_optimizer_updates():
 # ------------------------------------------------------------------------------------------ shared behaviours
 PER_CLASS = ["jaccard", "tversky", "focal_tversky", "asym_similarity", "log_cosh_dice", "sens_spec", "t_loss"]
 PER_ITEM = ["generalized_dice", "penalty_gdl"]
+loss_names = {"DiceLoss": "dice", "GeneralizedDiceLoss": "generalized_dice", "TverskyLoss": "tversky"}
 
 
-@pytest.mark.parametrize("name", PER_CLASS + PER_ITEM + ["gwdl"])
+@pytest.mark.parametrize("name", [n for n in PER_CLASS if n != "tversky"] + PER_ITEM)
 @pytest.mark.parametrize("spatial", SPATIAL, ids=SPATIAL_IDS)
 def test_reduction_none_broadcasts_against_the_input(name, spatial):
     x, y = batch(spatial, classes=3)
-    kwargs = {"dist_matrix": [[0, 1, 1], [1, 0, 1], [1, 1, 0]]} if name == "gwdl" else {"softmax": True}
-    loss = get_loss(name, reduction="none", **kwargs)(x, y)
+    loss = get_loss(name, reduction="none", softmax=True)(x, y)
     classes = 3 if name in PER_CLASS else 1
     assert loss.shape == (2, classes, *[1] * len(spatial))
-    assert torch.allclose(loss.mean(), get_loss(name, **kwargs)(x, y))
+    assert torch.allclose(loss.mean(), get_loss(name, softmax=True)(x, y))
+
+
+@pytest.mark.parametrize("batch_reduce", [False, True], ids=["per_item", "batch"])
+@pytest.mark.parametrize("name", ["DiceLoss", "GeneralizedDiceLoss", "TverskyLoss"])
+def test_reduction_none_has_monais_shapes(name, batch_reduce):
+    # MONAI: Dice (B, C, 1, 1), batch (C, 1, 1); generalized Dice (B, 1, 1, 1), batch (1, 1, 1); Tversky (B, C), (C,)
+    x, y = batch((4, 5), classes=3)
+    kwargs = {"softmax": True, "batch": batch_reduce, "reduction": "none"}
+    ours = get_loss(loss_names[name], **kwargs)(x, y)
+    ref = getattr(monai.losses, name)(to_onehot_y=True, **kwargs)(x, y)
+    assert ours.shape == ref.shape
+    assert torch.allclose(ours, ref, atol=TOL)
+
+
+def test_gwdl_reduction_none_has_monais_shape():
+    x, y = batch((4, 5), classes=3)
+    matrix = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    gwdl = GeneralizedWassersteinDiceLoss(matrix, reduction="none")(x, y)
+    assert gwdl.shape == monai.losses.GeneralizedWassersteinDiceLoss(matrix, reduction="none")(x, y).shape == (2,)
 
 
 @pytest.mark.parametrize("name", ["jaccard", "tversky", "focal_tversky", "asym_similarity", "log_cosh_dice"])
