@@ -210,3 +210,14 @@ def test_dataset_with_an_ignore_label_trains_and_validates(tmp_path):
     train(tmp_path / "run", data, max_epochs=1, val_interval=1)
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["ignore_label"] == 3
     assert (tmp_path / "run" / "models" / "model.pt").is_file()  # validation ran and chose a model
+
+
+@pytest.mark.parametrize(("ending", "augmentation"), [(".png", "nnunet"), (".nii.gz", "monai")])
+def test_2d_dataset_trains_a_2d_network(tmp_path, ending, augmentation):
+    data = make_nnunet(tmp_path / "d", cases=4, test_cases=1, size=48, file_ending=ending, spatial_dims=2)
+    train(tmp_path / "run", data, max_epochs=1, val_interval=1, augmentation=augmentation)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["spatial_dims"] == 2 and len(plan["configurations"]["cpu"]["patch_size"]) == 2
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()
+    prediction, image = infer(tmp_path / "run", data) / f"mri_004{ending}", data / f"imagesTs/mri_004_0000{ending}"
+    assert sitk.ReadImage(str(prediction)).GetSize() == sitk.ReadImage(str(image)).GetSize()
