@@ -155,6 +155,7 @@ def _nnunet_labels(data: Mapping[str, Any], path: Path) -> tuple[dict[int, str],
             "(BraTS-style overlapping regions) is not supported by medseg; convert the dataset to plain labels "
             "(one integer per class) to train it here"
         )
+    labels = {k: int(v) if isinstance(v, str) and v.isdigit() else v for k, v in labels.items()}  # "1" as 1
     bad = {k: v for k, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)}
     if bad:
         raise ValueError(f"{path}: field 'labels' must give an integer value per name, got {bad}")

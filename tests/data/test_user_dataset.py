@@ -257,3 +257,28 @@ def test_synthetic_mri_is_deterministic_and_not_ct_like(tmp_path):
     assert image.min() > 0 and image.max() < 5000  # magnitude MRI: no negative (air) values as in CT
     zooms = nib.load(a / "labelsTr/mri_001.nii.gz").header.get_zooms()
     assert zooms[2] > 2 * zooms[0]  # anisotropic slices
+
+
+def test_rgb_png_holds_three_channels_in_one_file(tmp_path):
+    from PIL import Image
+
+    root = make_nnunet(tmp_path / "d", cases=2, test_cases=0, size=24, file_ending=".png", spatial_dims=2)
+    for path in (root / "imagesTr").glob("*.png"):
+        grey = np.asarray(Image.open(path))
+        Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1), mode="RGB").save(path)
+    data = json.loads((root / "dataset.json").read_text())
+    data["channel_names"] = {"0": "R", "1": "G", "2": "B"}
+    (root / "dataset.json").write_text(json.dumps(data))
+    dataset = read_user_dataset(root)
+    case = dataset.training["mri_000"]
+    assert check_case(case, dataset).channels == 3
+    image = load_image(case.images[0])
+    rgb = np.asarray(Image.open(case.images[0]))  # (rows, columns, 3)
+    assert image.shape == (3, rgb.shape[1], rgb.shape[0])
+    assert np.array_equal(image[2].numpy().T, rgb[..., 2])
+
+
+def test_label_values_given_as_digit_strings_are_read(tmp_path, nnunet_root):
+    root = copy_of(nnunet_root, tmp_path)
+    edit_json(root, labels={"background": "0", "organ": "1", "lesion": "2"})
+    assert read_user_dataset(root).labels == {0: "background", 1: "organ", 2: "lesion"}
