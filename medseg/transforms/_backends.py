@@ -1,16 +1,17 @@
 """Euclidean distance transform backends for :mod:`medseg.transforms.distance`.
 
-Every backend answers two questions about boolean voxel sets on a grid with physical ``spacing`` (one value per
-array axis, in array axis order):
+Every backend answers two questions on a grid with physical ``spacing`` (one value per array axis, in array axis
+order), in float32 millimetres when ``spacing`` is in millimetres:
 
-- :meth:`DistanceBackend.distance_to`: the distance from every voxel to the nearest voxel of a set;
-- :meth:`DistanceBackend.two_sided`: for two disjoint sets, the distance from each voxel of one to the nearest
-  voxel of the other (both directions at once).
+- :meth:`DistanceBackend.distance_to`: the distance from every voxel to the nearest voxel of a boolean set;
+- :meth:`DistanceBackend.label_distances`: for a label map, the distance from every voxel to the nearest voxel of
+  another label (the inside distance of every class at once).
 
-Backends: ``edt`` (seung-lab's ``edt`` package: anisotropic, and its multi-label mode gives both directions in one
-pass), ``scipy`` (``scipy.ndimage.distance_transform_edt``), ``sitk`` (SimpleITK's signed Maurer map) and
-``cucim`` (cuCIM on CUDA tensors). ``auto`` picks cuCIM for CUDA tensors when cuCIM and CuPy are installed and
-``edt`` otherwise; a CUDA tensor without cuCIM is computed on the CPU after a one-time warning.
+Backends: ``edt`` (seung-lab's ``edt`` package, anisotropic: one multi-label pass answers
+:meth:`~DistanceBackend.label_distances`, and a small set's distances are computed inside its bounding box by
+:mod:`._cropped_edt`), ``scipy`` (``scipy.ndimage.distance_transform_edt``), ``sitk`` (SimpleITK's signed Maurer
+map) and ``cucim`` (cuCIM on CUDA tensors). ``auto`` picks cuCIM for CUDA tensors when cuCIM and CuPy are installed
+and ``edt`` otherwise; a CUDA tensor without cuCIM is computed on the CPU after a one-time warning.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 from monai.utils import optional_import
 from scipy import ndimage
 
+from ._cropped_edt import bounding_box, squared_distance_to, worth_cropping
+
 BACKENDS = ("auto", "edt", "scipy", "sitk", "cucim")
 
 _cupy, _has_cupy = optional_import("cupy")
@@ -34,11 +37,12 @@ _warned_cpu_fallback = False
 
 
 class DistanceBackend:
-    """Distances between voxel sets; subclasses implement :meth:`distance_to` (and may speed up :meth:`two_sided`).
+    """Distances between voxel sets; subclasses implement :meth:`distance_to` (and may speed up
+    :meth:`label_distances`).
 
-    Works on arrays of its namespace ``xp`` (numpy on the CPU, CuPy for cuCIM): boolean masks of one spatial shape in,
-    float64 distances (millimetres when ``spacing`` is in millimetres) out. :meth:`asarray` and :meth:`to_tensor`
-    move tensors in and out of that namespace.
+    Works on arrays of its namespace ``xp`` (numpy on the CPU, CuPy for cuCIM): boolean masks or integer label maps
+    of one spatial shape in, float32 distances out. :meth:`asarray` and :meth:`to_tensor` move tensors in and out
+    of that namespace.
     """
 
     name = ""
@@ -54,44 +58,60 @@ class DistanceBackend:
         """Distance from every voxel to the nearest voxel where ``target`` is True (0 on ``target``; not empty)."""
         raise NotImplementedError
 
-    def two_sided(self, inside: Any, outside: Any, spacing: Sequence[float]) -> Any:
-        """Distance from each ``inside`` voxel to the nearest ``outside`` one and vice versa; 0 on voxels in neither.
+    def label_distances(self, labels: Any, spacing: Sequence[float]) -> Any:
+        """Distance from every voxel to the nearest voxel with another value of ``labels`` (inf where there is none).
 
-        Voxels in neither set are transparent: they bound neither set. Both sets must be non-empty.
+        On a voxel of class c this is c's inside distance :math:`d_{in}`. Here one :meth:`distance_to` per label.
         """
-        to_outside = self.distance_to(outside, spacing)
-        to_inside = self.distance_to(inside, spacing)
-        return self.xp.where(inside, to_outside, self.xp.where(outside, to_inside, 0.0))
+        out = self.xp.full(labels.shape, np.inf, dtype=np.float32)
+        for value in self.xp.unique(labels).tolist():
+            region = labels == value
+            if not region.all():
+                out[region] = self.distance_to(~region, spacing)[region]
+        return out
 
 
 class EdtBackend(DistanceBackend):
-    """seung-lab ``edt`` (Felzenszwalb-Huttenlocher, anisotropic, float32 internally): the fast CPU default.
+    """seung-lab ``edt`` (Felzenszwalb-Huttenlocher, anisotropic, float32): the fast CPU default.
 
-    When the two sets of :meth:`two_sided` cover the grid, one multi-label call (labels 1 and 2) gives both
-    directions: each voxel's distance to the nearest voxel with the other label.
+    :meth:`label_distances` is one multi-label ``edt`` pass. :meth:`distance_to` computes a set whose bounding box
+    is small (an organ) axis by axis inside that box (:func:`._cropped_edt.squared_distance_to`, several times
+    faster than a full pass), and a large set (the background) with ``edt`` on the box around its complement only.
     """
 
     name = "edt"
 
     def distance_to(self, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        distances = edt.edt(~target, anisotropy=tuple(spacing), black_border=False, parallel=1)
-        return distances.astype(np.float64)
+        box = bounding_box(target)
+        if box is not None and worth_cropping(box, target.shape):
+            return np.sqrt(squared_distance_to(target, spacing, box))
+        complement = bounding_box(~target)
+        out = np.zeros(target.shape, dtype=np.float32)
+        if complement is None:
+            return out
+        # the nearest target voxel of any voxel in this box lies in it: clamping a farther target voxel onto the
+        # box moves it closer and onto the box's outer layer, which holds only target voxels
+        grown = tuple(
+            slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(complement, target.shape, strict=True)
+        )
+        away = np.ascontiguousarray(~target[grown]).view(np.uint8)  # edt's uint8 path is twice its bool path
+        out[grown] = edt.edt(away, anisotropy=tuple(spacing), black_border=False, parallel=1)
+        return out
 
-    def two_sided(self, inside: np.ndarray, outside: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        if not (inside | outside).all():
-            return super().two_sided(inside, outside, spacing)
-        labels = 1 + outside.astype(np.uint8)
-        distances = edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=1)
-        return distances.astype(np.float64)
+    def label_distances(self, labels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        # edt treats label 0 as background (distance 0, a boundary of every other label): shift every label up
+        if labels.min() == 0:
+            labels = labels.astype(np.uint32) + 1
+        return edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=1)
 
 
 class ScipyBackend(DistanceBackend):
-    """``scipy.ndimage.distance_transform_edt`` (float64): the reference."""
+    """``scipy.ndimage.distance_transform_edt`` (float64 inside, float32 out): the reference."""
 
     name = "scipy"
 
     def distance_to(self, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        return ndimage.distance_transform_edt(~target, sampling=tuple(spacing))
+        return ndimage.distance_transform_edt(~target, sampling=tuple(spacing)).astype(np.float32)
 
 
 class SitkBackend(DistanceBackend):
@@ -105,11 +125,11 @@ class SitkBackend(DistanceBackend):
         signed = sitk.SignedMaurerDistanceMap(
             image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
         )
-        return np.maximum(sitk.GetArrayFromImage(signed).astype(np.float64), 0.0)
+        return np.maximum(sitk.GetArrayFromImage(signed), 0.0).astype(np.float32)
 
 
 class CucimBackend(DistanceBackend):
-    """cuCIM's ``distance_transform_edt`` on CUDA tensors (float64 distances), exchanged with torch via DLPack."""
+    """cuCIM's ``distance_transform_edt`` on CUDA tensors, exchanged with torch via DLPack."""
 
     name = "cucim"
     xp = _cupy
@@ -121,7 +141,7 @@ class CucimBackend(DistanceBackend):
         return torch.from_dlpack(_cupy.ascontiguousarray(array)).to(device)
 
     def distance_to(self, target: Any, spacing: Sequence[float]) -> Any:
-        return _cucim_edt(~target, sampling=tuple(spacing), float64_distances=True)
+        return _cucim_edt(~target, sampling=tuple(spacing), float64_distances=False).astype(_cupy.float32)
 
 
 _CPU_BACKENDS: dict[str, type[DistanceBackend]] = {"edt": EdtBackend, "scipy": ScipyBackend, "sitk": SitkBackend}

@@ -69,13 +69,12 @@ def spacing_tuple(spacing: Spacing, spatial_ndim: int) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _inverted_normalised(xp: Any, distances: Any, region: Any) -> Any:
-    """(max − d) / (max − min) over ``region``: 1 on its voxels nearest the boundary, 0 on its farthest."""
-    values = distances[region]
+def _inverted_normalised(xp: Any, values: Any) -> Any:
+    """(max − d) / (max − min) of one region's distances: 1 on its voxels nearest the boundary, 0 on its farthest."""
     far, near = values.max(), values.min()
     if far == near:  # every voxel of the region is in the layer next to the boundary
-        return xp.ones_like(distances)
-    return (far - distances) / (far - near)
+        return xp.ones_like(values)
+    return (far - values) / (far - near)
 
 
 def _no_boundary_value(settings: MapSettings, full: bool, diagonal: float) -> float:
@@ -89,48 +88,103 @@ def _no_boundary_value(settings: MapSettings, full: bool, diagonal: float) -> fl
     }[settings.mode]
 
 
-def _map_from_distances(
-    xp: Any, settings: MapSettings, distances: Any, inside: Any, outside: Any, finest: float
-) -> Any:
-    """One class's map from its two-sided distances (both sides non-empty)."""
+def _needs_outside(settings: MapSettings) -> bool:
+    """Whether the mode reads distances outside a class (``rrw`` and ``quantized`` are constant there)."""
+    return settings.mode in ("signed", "unsigned", "penalty")
+
+
+def _fill_outside(xp: Any, settings: MapSettings, out: Any, to_class: Any | None, outside: Any) -> None:
+    """Write the mode's outside values into ``out`` (everywhere; the inside is overwritten next)."""
+    mode = settings.mode
+    if mode in ("signed", "unsigned"):
+        out[...] = to_class
+    elif mode == "penalty":
+        values = to_class[outside]
+        far, near = values.max(), values.min()
+        if far == near:
+            out[...] = 1.0
+        else:
+            xp.multiply(far - to_class, 1.0 / (far - near), out=out)
+    else:
+        out[...] = 1.0 if mode == "rrw" else 0.0
+
+
+def _inside_values(xp: Any, settings: MapSettings, distances: Any, finest: float) -> Any:
+    """The mode's values on a class's voxels from their inside distances :math:`d_{in}`."""
     mode = settings.mode
     if mode == "signed":
-        return xp.where(inside, finest - distances, distances)
+        return finest - distances
     if mode == "unsigned":
         return distances
     if mode == "penalty":
-        inner = _inverted_normalised(xp, distances, inside)
-        return xp.where(inside, inner, _inverted_normalised(xp, distances, outside))
+        return _inverted_normalised(xp, distances)
     if mode == "rrw":
-        return xp.where(inside, -distances / distances[inside].max(), 1.0)
+        return -distances / distances.max()
     width = settings.truncation / settings.bins  # quantized
     bins = xp.ceil(xp.minimum(distances, settings.truncation) / width - _BIN_EDGE_TOLERANCE)
-    return xp.where(inside, xp.maximum(bins, 1.0), 0.0)
+    return xp.maximum(bins, 1.0)
+
+
+def class_index(xp: Any, masks: Any) -> Any | None:
+    """``1 + c`` on the voxels of class c and ``C + 1`` on voxels of no class, or None when classes overlap."""
+    num_classes = masks.shape[0]
+    dtype = np.uint8 if num_classes < 255 else np.uint32
+    index = xp.full(masks.shape[1:], num_classes + 1, dtype=dtype)
+    for c in range(num_classes):
+        if (index[masks[c]] != num_classes + 1).any():
+            return None
+        index[masks[c]] = c + 1
+    return index
 
 
 def _region_maps(
-    masks: Any, known: Any | None, spacing: tuple[float, ...], settings: MapSettings, backend: DistanceBackend
+    masks: Any,
+    known: Any | None,
+    index: Any | None,
+    spacing: tuple[float, ...],
+    settings: MapSettings,
+    backend: DistanceBackend,
 ) -> Any:
-    """Maps of every class ``(C, *spatial)`` from boolean class masks and the voxels that take part (None: all)."""
+    """Maps of every class ``(C, *spatial)`` from boolean class masks and the voxels that take part (None: all).
+
+    With ``index`` (:func:`class_index`: exclusive classes, every voxel known) one multi-label pass gives every
+    class's inside distances, and one pass over the index every class's size and bounding box; the outside
+    distances take one transform per class (cropped to the class, :mod:`._cropped_edt`), none for ``rrw`` and
+    ``quantized``, and none when the map holds just two labels (each one's outside is the other's inside).
+    Otherwise each class takes one transform per side.
+    """
     xp = backend.xp
-    out = xp.zeros(masks.shape, dtype=NUMPY_DTYPES[settings.dtype])
+    num_classes = masks.shape[0]
+    out = xp.empty(masks.shape, dtype=np.float32)
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(masks.shape[1:], spacing, strict=True)))
-    previous: tuple[Any, Any, Any] | None = None
-    for c in range(masks.shape[0]):
+    finest = min(spacing)
+    whole = (slice(None),) * (masks.ndim - 1)
+    voxels = int(masks[0].size if known is None else known.sum())
+    shared = None
+    if known is None and index is not None:
+        counts = xp.bincount(index.ravel(), minlength=num_classes + 2)
+        sizes = counts[1 : num_classes + 1].tolist()
+        two_labels = int((counts > 0).sum()) == 2
+        boxes = ndimage.find_objects(index, max_label=num_classes) if xp is np else [whole] * num_classes
+        shared = backend.label_distances(index, spacing)  # d_in of every class, on its own voxels
+    for c in range(num_classes):
         inside = masks[c] if known is None else masks[c] & known
-        outside = ~masks[c] if known is None else ~masks[c] & known
-        if not inside.any() or not outside.any():
-            value = _no_boundary_value(settings, full=bool(inside.any()), diagonal=diagonal)
-            out[c] = value if known is None else xp.where(known, value, 0.0)
-            continue
-        if previous is not None and xp.array_equal(inside, previous[1]) and xp.array_equal(outside, previous[0]):
-            distances = previous[2]  # the complement of the last class (binary problems): same distances
+        size = sizes[c] if shared is not None else int(inside.sum())
+        if size == 0 or size == voxels:
+            out[c] = _no_boundary_value(settings, full=size > 0, diagonal=diagonal)
         else:
-            distances = backend.two_sided(inside, outside, spacing)
-        previous = (inside, outside, distances)
-        value = _map_from_distances(xp, settings, distances, inside, outside, min(spacing))
-        out[c] = value if known is None else xp.where(known, value, 0.0)
-    return out
+            outside = ~masks[c] if known is None else ~masks[c] & known
+            to_boundary = shared if shared is not None else backend.distance_to(outside, spacing)
+            to_class = None
+            if _needs_outside(settings):
+                to_class = shared if shared is not None and two_labels else backend.distance_to(inside, spacing)
+            _fill_outside(xp, settings, out[c], to_class, outside)
+            box = (boxes[c] or whole) if shared is not None else whole
+            region, voxels_in = out[c][box], inside[box]
+            region[voxels_in] = _inside_values(xp, settings, to_boundary[box][voxels_in], finest)
+        if known is not None:
+            out[c][~known] = 0.0
+    return out if settings.dtype == torch.float32 else out.astype(NUMPY_DTYPES[settings.dtype])
 
 
 def _unet_weight_map(
@@ -155,8 +209,8 @@ def _unet_weight_map(
         class_weight = xp.where(counts > 0, counts.max() / xp.maximum(counts, 1.0), 1.0)
     weight = class_weight[classes]
 
-    nearest = xp.full(classes.shape, math.inf)
-    second = xp.full(classes.shape, math.inf)
+    nearest = xp.full(classes.shape, math.inf, dtype=np.float32)
+    second = xp.full(classes.shape, math.inf, dtype=np.float32)
     classes_cpu, known_cpu = _host(classes), _host(known)
     for c in range(1, num_classes):
         components, count = ndimage.label((classes_cpu == c) & known_cpu)
@@ -176,12 +230,22 @@ def _host(array: Any) -> np.ndarray:
 
 
 def item_maps(
-    masks: Any, known: Any | None, spacing: tuple[float, ...], settings: MapSettings, backend: DistanceBackend
+    masks: Any,
+    known: Any | None,
+    spacing: tuple[float, ...],
+    settings: MapSettings,
+    backend: DistanceBackend,
+    index: Any | None = None,
 ) -> Any:
-    """The maps of one item: ``(C, *spatial)``, or ``(1, *spatial)`` for ``unet_weight``, in ``settings.dtype``."""
+    """The maps of one item: ``(C, *spatial)``, or ``(1, *spatial)`` for ``unet_weight``, in ``settings.dtype``.
+
+    ``index``: the masks' :func:`class_index` when the caller has it (from a label map); else computed here.
+    """
     if settings.mode == "unet_weight":
         return _unet_weight_map(masks, known, spacing, settings, backend)
-    return _region_maps(masks, known, spacing, settings, backend)
+    if index is None and known is None:
+        index = class_index(backend.xp, masks)
+    return _region_maps(masks, known, index, spacing, settings, backend)
 
 
 def check_binary(xp: Any, values: Any, what: str) -> None:
@@ -190,8 +254,11 @@ def check_binary(xp: Any, values: Any, what: str) -> None:
         raise ValueError(f"{what} holds values other than 0 and 1; pass a (1, *spatial) label map instead")
 
 
-def masks_from_label(xp: Any, label: Any, num_classes: int | None, ignore_index: int | None) -> tuple[Any, Any | None]:
-    """Boolean class masks ``(C, *spatial)`` and known voxels (None: all) from a channel-first label or one-hot."""
+def masks_from_label(
+    xp: Any, label: Any, num_classes: int | None, ignore_index: int | None
+) -> tuple[Any, Any | None, Any | None]:
+    """Boolean class masks ``(C, *spatial)``, known voxels (None: all) and, for a label map with every voxel known,
+    its :func:`class_index` (else None), from a channel-first label or one-hot."""
     if label.ndim not in (3, 4):
         raise ValueError(f"label must be channel-first (C, H, W) or (C, H, W, D), got shape {tuple(label.shape)}")
     channels = label.shape[0]
@@ -212,8 +279,14 @@ def masks_from_label(xp: Any, label: Any, num_classes: int | None, ignore_index:
             )
         if num_classes == 1:
             masks = (labels == 1)[None]
+            index = xp.where(masks[0], 1, 2).astype(np.uint8)
+        elif known is None or known.all():  # compare small integers: 1 + class, as class_index
+            dtype = np.uint8 if num_classes < 255 else np.uint32
+            index = labels.astype(dtype) + 1
+            masks = index[None] == xp.arange(1, num_classes + 1, dtype=dtype).reshape(-1, *[1] * labels.ndim)
         else:
             masks = labels[None] == xp.arange(num_classes).reshape(-1, *[1] * labels.ndim)
+            index = None
     else:
         if num_classes is not None and num_classes != channels:
             raise ValueError(f"one-hot label has {channels} channels but num_classes={num_classes}")
@@ -225,4 +298,6 @@ def masks_from_label(xp: Any, label: Any, num_classes: int | None, ignore_index:
             known = ~masks[ignore_index]  # MONAI's rule, as in medseg.losses: that channel's voxels are ignored
         else:
             known = masks.any(0)  # otherwise voxels with no class set are ignored
-    return masks, None if known is None or known.all() else known
+        index = None
+    known = None if known is None or known.all() else known
+    return masks, known, None if known is not None else index

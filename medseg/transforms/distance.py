@@ -111,9 +111,9 @@ class DistanceMap(Transform):
     def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
         values = convert_to_tensor(label, track_meta=False)
         backend = get_backend(self.settings.backend, values.device)
-        masks, known = masks_from_label(backend.xp, backend.asarray(values), self.num_classes, self.ignore_index)
+        masks, known, index = masks_from_label(backend.xp, backend.asarray(values), self.num_classes, self.ignore_index)
         spacing = self.spacing_of(label)
-        maps = backend.to_tensor(item_maps(masks, known, spacing, self.settings, backend), values.device)
+        maps = backend.to_tensor(item_maps(masks, known, spacing, self.settings, backend, index), values.device)
         out = convert_to_dst_type(maps, label, dtype=self.settings.dtype)[0]
         if isinstance(label, torch.Tensor) and not isinstance(out, MetaTensor) and get_track_meta():
             out = MetaTensor(out)
@@ -206,9 +206,10 @@ def distance_maps(
 
     For losses whose batch carries no cached map (``target`` and ``mask`` of ``medseg.losses``' prepared input).
     Channels are independent classes (any subset, e.g. without background); ``unet_weight`` reads channel 0 as
-    background and returns ``(B, 1, *spatial)``. With ``edt`` each class costs one multi-label pass per item (both
-    sides of its boundary at once; two passes where voxels are masked), and the second class of a binary problem
-    reuses the first's distances.
+    background and returns ``(B, 1, *spatial)``. With ``edt`` and exclusive channels, one multi-label pass per item
+    gives every class's inside distances, and each class's outside distances are computed inside its bounding box
+    (a binary problem needs nothing more: each class's outside is the other's inside); masked voxels or overlapping
+    channels cost one transform per class and side.
 
     Args:
         onehot: 0/1 tensor ``(B, C, H, W[, D])``.

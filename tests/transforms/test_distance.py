@@ -201,8 +201,9 @@ def test_backends_agree_with_scipy_to_1e_4_mm(backend):
     spacing = (2.5, 0.7, 1.1)
     fast, reference = backends.get_backend(backend, torch.device("cpu")), backends.ScipyBackend()
     np.testing.assert_allclose(fast.distance_to(mask, spacing), reference.distance_to(mask, spacing), atol=1e-4)
+    labels = ndimage.label(mask)[0]  # components as labels: a label map with touching labels
     np.testing.assert_allclose(
-        fast.two_sided(mask, ~mask, spacing), reference.two_sided(mask, ~mask, spacing), atol=1e-4
+        fast.label_distances(labels, spacing), reference.label_distances(labels, spacing), atol=1e-4
     )
     labels = torch.from_numpy(mask.astype(np.int64))[None]
     maps = DistanceMap("unsigned", num_classes=2, spacing=spacing, backend=backend)(labels)
@@ -291,16 +292,49 @@ def test_batched_distance_maps_match_the_transform_per_item():
     )
 
 
-def test_edt_runs_once_per_item_for_binary_and_once_per_class_otherwise(monkeypatch):
+def organ_labels(spatial=(40, 36, 18), organs=5, seed=0) -> np.ndarray:
+    """Ellipsoid 'organs' 1..organs of random sizes on background 0 (later ones overwrite earlier ones)."""
+    rng = np.random.default_rng(seed)
+    grid = np.ogrid[tuple(slice(0, n) for n in spatial)]
+    labels = np.zeros(spatial, np.int64)
+    for c in range(1, organs + 1):
+        centre = [rng.uniform(0.2, 0.8) * n for n in spatial]
+        radii = [rng.uniform(0.06, 0.2) * n for n in spatial]
+        labels[sum(((g - m) / r) ** 2 for g, m, r in zip(grid, centre, radii, strict=True)) <= 1] = c
+    return labels
+
+
+def count_edt_passes(monkeypatch) -> list[tuple[int, ...]]:
+    """Record the shape of every ``edt.edt`` call of the edt backend."""
     calls = []
     real_edt = backends.edt.edt
-    monkeypatch.setattr(backends.edt, "edt", lambda *a, **k: calls.append(1) or real_edt(*a, **k))
+    monkeypatch.setattr(backends.edt, "edt", lambda data, *a, **k: calls.append(data.shape) or real_edt(data, *a, **k))
+    return calls
+
+
+def test_one_multilabel_pass_gives_every_inside_distance_and_small_classes_skip_full_passes(monkeypatch):
+    calls = count_edt_passes(monkeypatch)
     binary = torch.stack([onehot_of((blob_labels((8, 9)) > 0).astype(np.int64), 2) for _ in range(3)])
     distance_maps(binary, "signed", backend="edt")
-    assert len(calls) == 3  # one multi-label pass per item: class 0 reuses class 1's distances
-    calls.clear()
-    distance_maps(onehot_of(blob_labels((8, 9)), 3)[None], "signed", backend="edt")
-    assert len(calls) == 3  # one pass per class (three classes with a boundary)
+    assert calls == [(8, 9)] * 3  # one multi-label pass per item: each class's outside is the other's inside
+    labels = torch.from_numpy(organ_labels())[None]
+    for mode, passes in (("rrw", 1), ("quantized", 1), ("signed", 2), ("unsigned", 2), ("penalty", 2)):
+        calls.clear()
+        DistanceMap(mode, num_classes=6, spacing=(0.8, 0.8, 2.5))(labels)
+        # the multi-label pass, then (modes with outside distances) at most the background's outside, on the box
+        # around the organs; the organs' outside distances are computed inside their own boxes, without an edt pass
+        assert 1 <= len(calls) <= passes, mode
+        assert calls[0] == (40, 36, 18)
+        assert all(np.prod(shape) < 40 * 36 * 18 for shape in calls[1:]), mode
+
+
+@pytest.mark.parametrize("mode", REGION_MODES)
+def test_organ_label_map_matches_per_class_scipy(mode):
+    labels, spacing = organ_labels(), (0.8, 0.8, 2.5)
+    maps = DistanceMap(mode, num_classes=7, spacing=spacing)(torch.from_numpy(labels)[None])  # class 6 absent
+    for c in range(7):
+        expected = scipy_class_map(labels == c, spacing, mode)
+        np.testing.assert_allclose(maps[c].numpy(), expected, atol=1e-4, err_msg=f"class {c}")
 
 
 def test_cuda_tensors_without_cucim_fall_back_with_one_warning(monkeypatch):
