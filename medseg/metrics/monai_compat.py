@@ -69,8 +69,8 @@ def _binary(array: np.ndarray, name: str) -> np.ndarray:
         odd = array[(array != 0) & (array != 1)]
         if odd.size:
             raise ValueError(
-                f"{name} must hold 0 and 1 (one-hot or binarised masks), found {odd.flat[0]!r}; binarise it first "
-                "(e.g. monai.transforms.AsDiscrete(argmax=True, to_onehot=C) or threshold=0.5)"
+                f"{name} must hold 0 and 1 (one-hot or binarised masks), found {odd.flat[0].item()!r}; binarise it "
+                "first (e.g. monai.transforms.AsDiscrete(argmax=True, to_onehot=C) or threshold=0.5)"
             )
     return array.astype(bool)
 
@@ -103,8 +103,8 @@ def _class_masks(array: np.ndarray, classes: Sequence[int], n_classes: int, name
         odd = indices[~np.isin(indices, allowed)]
         if odd.size:
             raise ValueError(
-                f"{name} holds class index {odd.flat[0]!r}, outside 0..{allowed[-1]}; pass num_classes that covers "
-                "every class, or one-hot channels"
+                f"{name} holds class index {odd.flat[0].item()!r}, outside 0..{allowed[-1]}; pass num_classes that "
+                "covers every class, or one-hot channels"
             )
         return np.stack([indices == c for c in classes], axis=1)
     if array.shape[1] != n_classes:
@@ -206,12 +206,13 @@ def _surface_table(
     ref: np.ndarray,
     spacing: _Spacing,
     distance_metric: str,
-    measure: Callable[[SurfaceDistances], float],
+    measure: Callable[[SurfaceDistances, int], float],
     policy_metric: str,
     class_offset: int,
     surfels: bool = False,
 ) -> np.ndarray:
-    """A surface metric per batch item and class, with the ``monai`` convention's value where a mask is empty."""
+    """A surface metric (``measure(distances, channel)``) per batch item and channel, in MONAI's order, with the
+    ``monai`` convention's value where a mask is empty."""
     ndim = pred.ndim - 2
     spacings = _spacings(spacing, pred.shape[0], ndim, distance_metric, areas=surfels)
     out = np.empty(pred.shape[:2], dtype=np.float64)
@@ -230,7 +231,8 @@ def _surface_table(
         else:
             surface = "surfels" if surfels else "voxels"
             item_spacing = spacings[b] if surfels or distance_metric == "euclidean" else None
-            out[b, c] = measure(surface_distances(p, r, item_spacing, surface, distance_metric))  # type: ignore[arg-type]
+            distances = surface_distances(p, r, item_spacing, surface, distance_metric)  # type: ignore[arg-type]
+            out[b, c] = measure(distances, c)
     return out
 
 
@@ -255,7 +257,7 @@ def compute_hausdorff_distance(
         raise ValueError(f"percentile should be a value between 0 and 100, get {percentile}.")
     pred, ref = _one_hot_pair(y_pred, y, include_background)
 
-    def measure(distances: SurfaceDistances) -> float:
+    def measure(distances: SurfaceDistances, _: int) -> float:
         if percentile is None:
             return distances.hausdorff(directed=directed)
         return distances.hausdorff_percentile(percentile, directed=directed)
@@ -282,11 +284,11 @@ def compute_average_surface_distance(
     _refuse(ignore_index=ignore_index)
     pred, ref = _one_hot_pair(y_pred, y, include_background)
 
-    def measure(distances: SurfaceDistances) -> float:
+    def measure(distances: SurfaceDistances, _: int) -> float:
         return distances.average_symmetric() if symmetric else distances.average_directed()
 
-    offset = 0 if include_background else 1
-    return _table(_surface_table(pred, ref, spacing, distance_metric, measure, "assd", offset), y_pred)
+    # MONAI's warnings name the channel after the background is dropped here (HD and NSD name the class)
+    return _table(_surface_table(pred, ref, spacing, distance_metric, measure, "assd", 0), y_pred)
 
 
 def compute_surface_dice(
@@ -326,16 +328,9 @@ def compute_surface_dice(
         raise ValueError("All class thresholds need to be >= 0.")
     pred, ref = _binary(_numpy(y_pred), "y_pred"), _binary(_numpy(y), "y")
     offset = 0 if include_background else 1
-    out = np.empty(pred.shape[:2], dtype=np.float64)
-    for c, tolerance in enumerate(class_thresholds):
-        out[:, c : c + 1] = _surface_table(
-            pred[:, c : c + 1],
-            ref[:, c : c + 1],
-            spacing,
-            distance_metric,
-            lambda distances, t=tolerance: distances.surface_dice(float(t)),
-            "nsd",
-            offset + c,
-            surfels=use_subvoxels,
-        )
-    return _table(out, y_pred)
+
+    def measure(distances: SurfaceDistances, channel: int) -> float:
+        return distances.surface_dice(float(class_thresholds[channel]))
+
+    table = _surface_table(pred, ref, spacing, distance_metric, measure, "nsd", offset, surfels=use_subvoxels)
+    return _table(table, y_pred)
