@@ -175,8 +175,9 @@ class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         if not self.verbose and record.levelno >= logging.WARNING:
-            text = f"{record.levelname.lower()}: {text}"
-            if len(text) > _WIDTH:  # one terminal line; --verbose shows it whole
+            lines = text.splitlines() or [""]
+            text = f"{record.levelname.lower()}: {lines[0]}"
+            if len(text) > _WIDTH or len(lines) > 1:  # one terminal line; --verbose shows it whole
                 text = text[: _WIDTH - 1] + "…"
         return text
 

@@ -82,8 +82,11 @@ def check_demo_losses(names) -> None:
         raise UserError("cannot run " + "; ".join(problems), hint="medseg losses lists the registered losses")
 
 
-def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
-    """Train a small UNet with ``loss_name`` for ``steps`` steps; return validation Dice per class."""
+def train_one(loss_name: str, steps: int, seed: int, data, val, bar: tqdm | None = None) -> dict:
+    """Train a small UNet with ``loss_name`` for ``steps`` steps; return validation Dice per class.
+
+    ``bar``: a progress bar to advance by one per step (the command's one bar over all losses).
+    """
     torch.manual_seed(seed)
     net = UNet(2, 1, NUM_CLASSES, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
     loss = build_demo_loss(loss_name)
@@ -91,12 +94,16 @@ def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
     opt = torch.optim.Adam(params, lr=3e-3)
     images, labels = data
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=f"{loss_name:>16}", leave=False):
+    if bar is not None:
+        bar.set_postfix_str(loss_name, refresh=False)
+    for step in range(steps):
         idx = torch.arange(step * 8, step * 8 + 8) % len(images)
         opt.zero_grad()
         value = loss(net(images[idx]), labels[idx])
         value.backward()
         opt.step()
+        if bar is not None:
+            bar.update(1)
     seconds = time.perf_counter() - start
     net.eval()
     with torch.no_grad():
@@ -109,7 +116,7 @@ def train_one(loss_name: str, steps: int, seed: int, data, val) -> dict:
         "family": loss_info(loss_name).family,
         "dice_disc": float(dice[0]),
         "dice_square": float(dice[1]),
-        "final_loss": float(value),
+        "final_loss": float(value.detach()),
         "seconds": seconds,
     }
 
@@ -122,6 +129,6 @@ def run_demo(losses=DEFAULT_LOSSES, steps: int = 300, seed: int = 0) -> pd.DataF
     check_demo_losses(losses)
     data = synthetic_shapes(128, seed=seed)
     val = synthetic_shapes(32, seed=seed + 1)
-    with torch_threads(1):
-        rows = [train_one(name, steps, seed, data, val) for name in tqdm(losses, desc="losses")]
+    with torch_threads(1), tqdm(total=len(losses) * steps, desc="training", unit="step") as bar:
+        rows = [train_one(name, steps, seed, data, val, bar) for name in losses]
     return pd.DataFrame(rows).set_index("loss")
