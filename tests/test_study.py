@@ -267,9 +267,12 @@ def test_overlays_are_what_the_generator_writes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("bundle", ["synapse_unet3d", "synapse_transunet", "cityscapes_2d"])
-def test_bundle_default_loss_is_named_ce_plus_dice(bundle):
-    config = json.loads((ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+BUNDLE_TRAIN_CONFIGS = sorted((ROOT / "bundles").glob("*/configs/train.json"))
+
+
+@pytest.mark.parametrize("train_json", BUNDLE_TRAIN_CONFIGS, ids=[p.parts[-3] for p in BUNDLE_TRAIN_CONFIGS])
+def test_bundle_default_loss_is_named_ce_plus_dice(train_json):
+    config = json.loads(train_json.read_text())
     assert config["loss_name"] == "ce+dice" and config["loss_weights"] == {"ce": 0.5, "dice": 0.5}
 
 
