@@ -41,11 +41,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _stats(values: pd.Series) -> dict[str, float | int]:
-    """mean, sample std (ddof 1), median and n of the non-NaN values."""
+    """mean, sample std (ddof 1), median and n of the non-NaN values (an inf value makes the std NaN)."""
     present = values.dropna()
+    with np.errstate(invalid="ignore"):  # inf − inf in the std: undefined, NaN
+        std = float(present.std(ddof=1)) if len(present) > 1 else math.nan
     return {
         "mean": float(present.mean()) if len(present) else math.nan,
-        "std": float(present.std(ddof=1)) if len(present) > 1 else math.nan,
+        "std": std,
         "median": float(present.median()) if len(present) else math.nan,
         "n": len(present),
     }

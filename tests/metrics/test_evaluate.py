@@ -321,3 +321,55 @@ def test_compare_to_matches_case_ids_across_naming_schemes(tmp_path):
     assert unmatched == []
     dice = comparison[comparison.metric == "dice"]
     assert (dice.n == 2).all() and dice.mean_difference.to_numpy() == pytest.approx([0.25, 0.25, 0.25])
+
+
+@pytest.fixture
+def monai_folders(tmp_path):
+    """case_a: the cube pair (liver) and a spleen that no reference has; case_b: a liver that is not predicted."""
+    pred, ref = cube_pair()
+    pred[8:10, 8:10, 8:10] = 2
+    write(tmp_path / "pred" / "case_a.nii.gz", pred)
+    write(tmp_path / "ref" / "case_a.nii.gz", ref)
+    write(tmp_path / "pred" / "case_b.nii.gz", np.zeros_like(ref))
+    write(tmp_path / "ref" / "case_b.nii.gz", ref)
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+def test_command_line_monai_convention_with_chessboard_distances(monai_folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--pred", str(monai_folders[0]), "--ref", str(monai_folders[1]), "--num-classes", "3", "--no-progress"]
+    assert main([*argv, "--convention", "monai", "--distance-metric", "chessboard", "--output", str(out)]) == 0
+    table = pd.read_csv(out / "metrics.csv").set_index(["case", "structure"])
+    assert list(table.columns[1:7]) == ["dice", "iou", "hd_voxels", "hd95_voxels", "assd_voxels", "nsd"]
+    # the cube shifted one voxel: one chessboard step, whatever the header spacing (2, 1, 0.5 mm)
+    assert table.loc[("case_a", "label_1"), ["hd_voxels", "hd95_voxels"]].tolist() == [1.0, 1.0]
+    # MONAI's values for an empty mask: the liver of case_b is not predicted; the spleen is in no reference,
+    # and keeps MONAI's values (NaN Dice, inf HD) instead of being "not scored"
+    assert table.loc[("case_b", "label_1"), ["dice", "hd_voxels", "assd_voxels", "nsd"]].tolist() == [
+        0.0,
+        np.inf,
+        np.inf,
+        0.0,
+    ]
+    assert np.isnan(table.loc[("case_b", "label_1"), "hd95_voxels"])
+    spleen = table.loc[("case_a", "label_2")]
+    assert np.isnan(spleen.dice) and spleen.hd_voxels == np.inf
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["convention"]["name"] == "monai"
+    assert summary["convention"]["distance_metric"] == "chessboard"
+    assert summary["convention"]["nsd_tolerance_voxels"] == 1.0
+    assert summary["per_structure"]["label_1"]["hd_voxels"]["mean"] == "inf"  # JSON has no inf
+    assert summary["per_structure"]["label_1"]["dice"]["mean"] == pytest.approx(0.75 / 2)
+    assert summary["per_structure"]["label_2"]["dice"]["n"] == 0  # NaN left out, as MONAI's reductions
+    assert "kept" in summary["not_scored"]["label_2"]
+    assert "Surface: voxels; distances in voxels" in (out / "summary.md").read_text()
+    # a paired comparison with inf is undefined: refused, naming the columns
+    assert main([*argv, "--convention", "monai", "--output", str(out), "--compare-to", str(out / "metrics.csv")]) == 2
+    assert "infinite values" in capsys.readouterr().err
+
+
+def test_distance_metric_where_it_does_not_apply_is_refused(folders):
+    with pytest.raises(ValueError, match="does not apply to the 'transunet' convention"):
+        evaluate_folders(*folders, LABELS, convention="transunet", distance_metric="taxicab", progress=False)
+    with pytest.raises(ValueError, match="cityscapes"):
+        evaluate_folders(*folders, convention="cityscapes", distance_metric="taxicab", progress=False)

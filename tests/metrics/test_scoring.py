@@ -236,3 +236,130 @@ def test_bad_conventions_raise():
         Convention("x", ("dice",), True, "max_directed", {}, {"dice": 0.0}, {"dice": 0.0}, "")
     with pytest.raises(ValueError, match="unknown metrics"):
         Convention("x", ("accuracy",), True, "max_directed", {}, {}, {}, "")
+
+
+MONAI = get_convention("monai")
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("convention", "pred_present", "ref_present", "expected"),
+    [
+        # MONAI 1.6.1 (tests/metrics/test_monai_compat.py checks these against MONAI's functions)
+        (MONAI, False, False, {"dice": NAN, "iou": NAN, "hd_mm": NAN, "hd95_mm": NAN, "assd_mm": NAN, "nsd": NAN}),
+        (MONAI, True, False, {"dice": NAN, "iou": NAN, "hd_mm": INF, "hd95_mm": NAN, "assd_mm": INF, "nsd": 0}),
+        (MONAI, False, True, {"dice": 0, "iou": 0, "hd_mm": INF, "hd95_mm": NAN, "assd_mm": INF, "nsd": 0}),
+        # the worst case in the distance measured: chessboard max(n_i − 1) = 11, taxicab Σ(n_i − 1) = 11 + 9 + 7
+        (get_convention("clinical", distance_metric="chessboard"), True, False, {"hd_voxels": 11, "assd_voxels": 11}),
+        (get_convention("clinical", distance_metric="taxicab"), False, True, {"hd_voxels": 27, "hd95_voxels": 27}),
+    ],
+)
+def test_empty_policies_of_monai_and_of_the_voxel_step_distances(convention, pred_present, ref_present, expected):
+    pred, ref = masks(pred_present, ref_present)
+    row = score_masks(pred, ref, SPACING, convention)
+    assert {k: row[k] for k in expected} == pytest.approx(expected, nan_ok=True)
+
+
+def monai_per_structure(pred, ref, spacing, n_labels, distance_metric, tolerance):
+    """MONAI 1.6's metric classes (the monai convention's defaults) on the one-hot label maps, per structure."""
+    from monai.metrics import (
+        DiceMetric,
+        HausdorffDistanceMetric,
+        MeanIoU,
+        SurfaceDiceMetric,
+        SurfaceDistanceMetric,
+    )
+
+    one_hot = [
+        torch.from_numpy(np.stack([v == k for k in range(n_labels + 1)])[None].astype(np.float32)) for v in (pred, ref)
+    ]
+    common = {"include_background": False, "reduction": "none"}
+    distance = {**common, "distance_metric": distance_metric}
+    metrics = {
+        "dice": DiceMetric(**common),
+        "iou": MeanIoU(**common),
+        "hd": HausdorffDistanceMetric(**distance),
+        "hd95": HausdorffDistanceMetric(percentile=95, **distance),
+        "assd": SurfaceDistanceMetric(symmetric=True, **distance),
+        "nsd": SurfaceDiceMetric([tolerance] * n_labels, **distance),
+    }
+    out = {}
+    for name, metric in metrics.items():
+        if name in ("dice", "iou"):
+            metric(*one_hot)
+        else:
+            metric(*one_hot, spacing=list(spacing))
+        out[name] = metric.aggregate()[0].tolist()
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class:UserWarning")
+@pytest.mark.parametrize("distance_metric", ["euclidean", "chessboard", "taxicab"])
+def test_monai_convention_equals_monai_metric_classes(distance_metric):
+    """NaN and inf where MONAI's classes give them, bit for bit; finite values to float32 precision."""
+    ref = label_volume((18, 16, 14), num_labels=5, seed=12)
+    pred = label_volume((18, 16, 14), num_labels=5, seed=13)
+    ref[ref == 3] = 0  # predicted, not in the reference
+    pred[pred == 4] = 0  # in the reference, not predicted
+    labels = {k: f"s{k}" for k in range(1, 7)}  # 6: in neither
+    spacing = (2.5, 0.9, 0.8)
+    convention = get_convention("monai", distance_metric=distance_metric)
+    rows = score_label_maps(pred, ref, spacing, labels, convention, nsd_tolerance=1.5)
+    expected = monai_per_structure(pred, ref, spacing, 6, distance_metric, 1.5)
+    assert [r["empty_mask"] for r in rows] == ["none", "none", "reference", "prediction", "none", "both"]
+    for metric, values in expected.items():
+        column = convention.column(metric)
+        for row, value in zip(rows, values, strict=True):
+            ours = row[column]
+            if math.isnan(value) or math.isinf(value):
+                assert math.isnan(ours) if math.isnan(value) else ours == value, (row["structure"], column)
+            else:
+                assert ours == pytest.approx(value, rel=1e-6), (row["structure"], column)
+
+
+def test_monai_convention_on_surfels_gives_monais_subvoxel_nsd():
+    from monai.metrics import compute_surface_dice
+
+    ref = label_volume((16, 14, 12), num_labels=2, seed=14)
+    pred = label_volume((16, 14, 12), num_labels=2, seed=15)
+    spacing = (1.5, 0.9, 0.8)
+    rows = score_label_maps(pred, ref, spacing, {1: "a", 2: "b"}, get_convention("monai", "surfels"), 1.0)
+    one_hot = [torch.from_numpy(np.stack([v == k for k in range(3)])[None].astype(np.float32)) for v in (pred, ref)]
+    expected = compute_surface_dice(*one_hot, [1.0, 1.0], spacing=list(spacing), use_subvoxels=True)[0]
+    assert [r["nsd"] for r in rows] == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_voxel_step_distances_are_in_voxels():
+    pred, ref = cubes()
+    row = score_masks(pred, ref, (2.0, 1.0, 0.5), get_convention("clinical", distance_metric="taxicab"))
+    # the cube shifted one voxel: every non-zero distance is one voxel step, whatever the spacing
+    assert (row["hd_voxels"], row["hd95_voxels"]) == (1.0, 1.0)
+    # on each side the 16 voxels of the far face and the 4 inner voxels of the near face are one step away
+    assert row["assd_voxels"] == pytest.approx(40 / 112)
+    assert "hd_mm" not in row
+
+
+def test_monai_convention_describes_its_rules():
+    described = get_convention("monai", distance_metric="chessboard").describe(nsd_tolerance=2.0)
+    assert described["distance_metric"] == "chessboard"
+    assert described["distance_unit"] == "voxels"
+    assert described["nsd_tolerance_voxels"] == 2.0
+    assert "chessboard" in described["hd95"]
+    assert described["empty_policy"]["reference_empty_prediction_not"] == {
+        "dice": "NaN",
+        "iou": "NaN",
+        "hd_voxels": "inf",
+        "hd95_voxels": "NaN",
+        "assd_voxels": "inf",
+        "nsd": 0.0,
+    }
+    assert "kept" in described["absent_structures"]
+    assert "not scored" in CLINICAL.describe()["absent_structures"]
+
+
+@pytest.mark.parametrize(("name", "message"), [("transunet", "medpy Euclidean"), ("nnunet", "no surface metrics")])
+def test_voxel_step_distances_are_refused_where_the_protocol_fixes_them(name, message):
+    with pytest.raises(ValueError, match=message):
+        get_convention(name, distance_metric="chessboard")
+    with pytest.raises(ValueError, match="distance_metric must be one of"):
+        get_convention("clinical", distance_metric="cosine")  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from medpy.metric import binary as medpy_binary
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
-from medseg.metrics import surface_distances, surface_voxels
+from medseg.metrics import image_diagonal, surface_distances, surface_voxels
 
 from ._masks import blob
 
@@ -166,3 +166,63 @@ def test_bad_percentile_and_tolerance_raise():
         distances.surface_dice(-1.0)
     with pytest.raises(ValueError, match="voxel surfaces only"):
         surface_distances(pred, ref, surface="surfels").hausdorff_percentile(95, pooled=True)
+
+
+def test_voxel_step_distances_hand_worked():
+    """A 2×2 square against the square plus one pixel at (6, 10): its nearest square pixel (3, 3) is 3 rows and 7
+    columns away: chessboard max(3, 7) = 7, taxicab 3 + 7 = 10, Euclidean sqrt(58)."""
+    ref = np.zeros((8, 14), dtype=bool)
+    ref[2:4, 2:4] = True
+    pred = ref.copy()
+    pred[6, 10] = True
+    assert surface_distances(pred, ref, distance_metric="chessboard").hausdorff() == 7.0
+    assert surface_distances(pred, ref, distance_metric="taxicab").hausdorff() == 10.0
+    assert surface_distances(pred, ref).hausdorff() == pytest.approx(np.sqrt(58))
+    # directed: prediction → reference only; the reference → prediction distances are all 0
+    assert surface_distances(pred, ref, distance_metric="taxicab").hausdorff(directed=True) == 10.0
+    assert surface_distances(ref, pred, distance_metric="taxicab").hausdorff(directed=True) == 0.0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize(("distance_metric", "scipy_name"), [("chessboard", "chebyshev"), ("taxicab", "cityblock")])
+def test_voxel_step_distances_equal_brute_force(ndim, distance_metric, scipy_name):
+    """Every surface voxel's L∞ / L1 distance to the other surface, by brute force over coordinate pairs."""
+    from scipy.spatial.distance import cdist
+
+    pred, ref = blob(SHAPES[ndim], seed=12), blob(SHAPES[ndim], seed=13)
+    distances = surface_distances(pred, ref, distance_metric=distance_metric)
+    pred_points, ref_points = np.argwhere(surface_voxels(pred)), np.argwhere(surface_voxels(ref))
+    pairwise = cdist(pred_points, ref_points, metric=scipy_name)
+    np.testing.assert_array_equal(distances.pred_to_ref, pairwise.min(axis=1))
+    np.testing.assert_array_equal(distances.ref_to_pred, pairwise.min(axis=0))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_directed_hausdorff_and_mean_agree_with_scipy_and_medpy(ndim):
+    from scipy.spatial.distance import directed_hausdorff
+
+    pred, ref = blob(SHAPES[ndim], seed=14), blob(SHAPES[ndim], seed=15)
+    spacing = SPACINGS[ndim]
+    distances = surface_distances(pred, ref, spacing)
+    scale = np.asarray(spacing)
+    pred_points = np.argwhere(surface_voxels(pred)) * scale
+    ref_points = np.argwhere(surface_voxels(ref)) * scale
+    assert distances.hausdorff(directed=True) == pytest.approx(directed_hausdorff(pred_points, ref_points)[0])
+    assert distances.average_directed() == pytest.approx(medpy_binary.asd(pred, ref, spacing))
+    assert distances.hausdorff_percentile(95, directed=True) == pytest.approx(np.percentile(distances.pred_to_ref, 95))
+
+
+def test_voxel_step_distances_take_no_spacing():
+    pred, ref = square_with_far_pixel()
+    with pytest.raises(ValueError, match="take no spacing"):
+        surface_distances(pred, ref, spacing=(0.5, 0.5), distance_metric="chessboard")
+    with pytest.raises(ValueError, match="distance_metric must be"):
+        surface_distances(pred, ref, distance_metric="cosine")
+    with pytest.raises(ValueError, match="cannot pool"):
+        surface_distances(pred, ref).hausdorff_percentile(95, pooled=True, directed=True)
+
+
+def test_image_diagonal_in_each_distance():
+    assert image_diagonal((12, 10, 8), (2.0, 1.0, 0.5)) == pytest.approx(np.sqrt(22**2 + 9**2 + 3.5**2))
+    assert image_diagonal((12, 10, 8), (2.0, 1.0, 0.5), "chessboard") == 11.0
+    assert image_diagonal((12, 10, 8), (2.0, 1.0, 0.5), "taxicab") == 27.0
