@@ -10,8 +10,9 @@ on the input's device. Every value comes from medseg's own code (:mod:`~medseg.m
 ``monai.metrics.utils.do_metric_reduction`` (NaN left out of the means).
 
 MONAI's own test cases for these metrics run against these functions (tests/metrics/test_monai_metric_cases.py);
-where medseg deliberately differs (binary input only, ``percentile=0``, ``ignore_index``, ``per_component``):
-docs/monai_differences.md, "Metrics".
+where medseg deliberately differs (binary input only, ``percentile=0``, ``ignore_index``):
+docs/monai_differences.md, "Metrics". ``compute_dice(per_component=True)``, a metric medseg does not compute, is
+passed on to MONAI's function.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import monai.metrics
 import numpy as np
 import torch
 from monai.metrics.utils import prepare_spacing
@@ -40,13 +42,8 @@ _MONAI = CONVENTIONS["monai"]
 _Spacing = int | float | np.ndarray | Sequence[int | float | np.ndarray | Sequence[int | float]] | None
 
 
-def _refuse(per_component: bool = False, ignore_index: int | None = None) -> None:
-    """Arguments of MONAI 1.6 that medseg does not take over (docs/monai_differences.md says why)."""
-    if per_component:
-        raise ValueError(
-            "per_component=True (MONAI 1.6's connected-component Dice over Voronoi regions) is not a medseg metric; "
-            "call monai.metrics.compute_dice(per_component=True) for it"
-        )
+def _refuse(ignore_index: int | None) -> None:
+    """MONAI 1.6's ``ignore_index``, which medseg does not take over (docs/monai_differences.md says why)."""
     if ignore_index is not None:
         raise ValueError(
             "ignore_index is not supported: MONAI 1.6 applies it differently in each metric (voxels masked, a "
@@ -130,9 +127,13 @@ def compute_dice(
         ignore_empty: NaN where the reference is empty (MONAI's default); ``False``: 1 when both masks are empty,
             0 when only the reference is.
         num_classes: the number of classes (needed for class-index ``y_pred``).
-        per_component, ignore_index: refused (docs/monai_differences.md).
+        per_component: MONAI 1.6's connected-component Dice (Voronoi regions of the reference's components), which
+            medseg does not compute: passed on to ``monai.metrics.compute_dice``.
+        ignore_index: refused (docs/monai_differences.md).
     """
-    _refuse(per_component, ignore_index)
+    _refuse(ignore_index)
+    if per_component:
+        return monai.metrics.compute_dice(y_pred, y, include_background, ignore_empty, num_classes, per_component=True)
     pred, ref = _numpy(y_pred), _numpy(y)
     if pred.ndim < 3:
         raise ValueError(f"y_pred should have at least 3 dimensions (batch, channel, spatial), got {pred.ndim}.")
@@ -162,7 +163,7 @@ def compute_iou(
 
     ``ignore_empty``: NaN where the reference is empty (MONAI's default); ``False``: 1 when both masks are empty.
     """
-    _refuse(ignore_index=ignore_index)
+    _refuse(ignore_index)
     pred, ref = _one_hot_pair(y_pred, y, include_background)
 
     def iou(counts: OverlapCounts) -> float:
@@ -252,7 +253,7 @@ def compute_hausdorff_distance(
     ``directed``: prediction → reference only. One mask empty: inf (NaN with a percentile); both empty: NaN.
     ``percentile=0`` is the 0th percentile (MONAI reads 0 as ``None``: the maximum).
     """
-    _refuse(ignore_index=ignore_index)
+    _refuse(ignore_index)
     if percentile is not None and not 0 <= percentile <= 100:
         raise ValueError(f"percentile should be a value between 0 and 100, get {percentile}.")
     pred, ref = _one_hot_pair(y_pred, y, include_background)
@@ -281,7 +282,7 @@ def compute_average_surface_distance(
     ``symmetric=False`` (MONAI's default): the mean distance from the prediction's surface voxels to the
     reference's; ``True``: the mean over the voxels of both surfaces (ASSD). One mask empty: inf; both: NaN.
     """
-    _refuse(ignore_index=ignore_index)
+    _refuse(ignore_index)
     pred, ref = _one_hot_pair(y_pred, y, include_background)
 
     def measure(distances: SurfaceDistances, _: int) -> float:
@@ -306,7 +307,7 @@ def compute_surface_dice(
     The share of both surfaces within ``class_thresholds[c]`` of the other surface (a distance equal to the
     threshold counts); ``use_subvoxels``: surface elements weighted by area (DeepMind). One mask empty: 0; both: NaN.
     """
-    _refuse(ignore_index=ignore_index)
+    _refuse(ignore_index)
     if not include_background:
         y_pred, y = _drop_background(y_pred), _drop_background(y)
     if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):

@@ -187,7 +187,6 @@ def test_class_indices_outside_the_classes_are_refused():
 @pytest.mark.parametrize(
     ("function", "kwargs", "message"),
     [
-        (compute_dice, {"per_component": True}, "per_component"),
         (compute_dice, {"ignore_index": 0}, "ignore_index"),
         (compute_iou, {"ignore_index": 0}, "ignore_index"),
         (compute_hausdorff_distance, {"ignore_index": 0}, "ignore_index"),
@@ -199,6 +198,20 @@ def test_arguments_medseg_does_not_take_over_are_refused(function, kwargs, messa
     y[:, 0] = 1
     with pytest.raises(ValueError, match=message):
         function(y, y, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:Voronoi computation is running on CPU:UserWarning")
+def test_per_component_dice_is_monais():
+    y = torch.zeros((1, 2, 8, 8))
+    y[0, 1, 1:3, 1:3] = 1
+    y[0, 1, 5:7, 5:7] = 1
+    y[0, 0] = 1 - y[0, 1]
+    y_pred = y.clone()
+    y_pred[0, 1, 5:7, 5:7] = 0  # one of the two components missed
+    y_pred[0, 0] = 1 - y_pred[0, 1]
+    expected = monai.metrics.compute_dice(y_pred, y, per_component=True)
+    torch.testing.assert_close(compute_dice(y_pred, y, per_component=True), expected)
+    assert compute_dice(y_pred, y).tolist() != expected.tolist()
 
 
 def test_chessboard_and_taxicab_ignore_the_spacing_with_a_warning():
