@@ -5,9 +5,11 @@ from one module per job: ``cases`` (case ids and pairing), ``reading`` (files re
 ``labels`` (label spaces, value checks, a bundle's label mapping), ``geometry`` (grid comparison, resampling on
 request) and ``report`` (summary and output files). ``medseg.metrics.cityscapes`` is the official Cityscapes
 class IoU (imported on use: it reads the label table of :mod:`medseg.data.cityscapes`).
+``medseg.metrics.monai_compat`` is MONAI 1.6's functional metric API (``compute_dice``,
+``compute_hausdorff_distance``, ...: same signatures, MONAI's NaN/inf) computed by these metrics.
 """
 
-from .conventions import CONVENTIONS, WORST_DISTANCE, Convention, get_convention
+from .conventions import CONVENTIONS, SURFACE_DISTANCE_METRICS, WORST_DISTANCE, Convention, get_convention
 from .overlap import OverlapCounts, overlap_counts
 from .scoring import score_label_maps, score_masks
 from .stats import bootstrap_mean_ci, paired_comparison, wilcoxon_signed_rank
@@ -15,6 +17,7 @@ from .surface import SurfaceDistances, image_diagonal, surface_distances, surfac
 
 __all__ = [
     "CONVENTIONS",
+    "SURFACE_DISTANCE_METRICS",
     "WORST_DISTANCE",
     "Convention",
     "OverlapCounts",

@@ -6,7 +6,9 @@ docs/monai_differences.md ("Metrics") are pinned.
 """
 
 import inspect
+import re
 import warnings
+from pathlib import Path
 
 import monai.metrics
 import numpy as np
@@ -148,7 +150,7 @@ def test_empty_mask_warnings_are_monais():
 
 
 def test_percentile_zero_is_the_minimum_not_the_maximum():
-    """docs/monai_differences.md, "HD percentile=0": MONAI's ``if not percentile`` reads 0 as no percentile."""
+    """docs/monai_differences.md, "HD `percentile=0`": MONAI's ``if not percentile`` reads 0 as no percentile."""
     y_pred = torch.zeros((1, 1, 8, 14))
     y_pred[0, 0, 2:4, 2:4] = 1
     y = y_pred.clone()
@@ -169,7 +171,7 @@ def test_percentile_zero_is_the_minimum_not_the_maximum():
     ],
 )
 def test_non_binary_input_is_refused(function, args):
-    """docs/monai_differences.md, "Non-binary input": MONAI reads 0.4 as inside for Dice, outside for distances."""
+    """docs/monai_differences.md, "Non-binary metric input": MONAI reads 0.4 as inside for Dice, outside for HD."""
     y = torch.zeros((1, 2, 6, 6))
     y[0, 1, 1:4, 1:4] = 1
     y[0, 0] = 1 - y[0, 1]
@@ -194,6 +196,7 @@ def test_class_indices_outside_the_classes_are_refused():
     ],
 )
 def test_arguments_medseg_does_not_take_over_are_refused(function, kwargs, message):
+    """docs/monai_differences.md, "`ignore_index` in metrics"."""
     y = torch.zeros((1, 2, 4, 4))
     y[:, 0] = 1
     with pytest.raises(ValueError, match=message):
@@ -228,3 +231,20 @@ def test_numpy_input_and_the_device_of_the_result():
     from_numpy = compute_hausdorff_distance(y_pred.numpy(), y.numpy(), spacing=SPACING)
     assert from_numpy.device == torch.device("cpu")
     assert_same(from_numpy, compute_hausdorff_distance(y_pred, y, spacing=SPACING))
+
+
+#: Each row of docs/monai_differences.md, "Metrics", and the test that pins it.
+DIFFERENCE_ROWS = {
+    "Non-binary metric input": test_non_binary_input_is_refused,
+    "HD `percentile=0`": test_percentile_zero_is_the_minimum_not_the_maximum,
+    "`ignore_index` in metrics": test_arguments_medseg_does_not_take_over_are_refused,
+}
+
+
+def test_every_metrics_row_of_the_differences_table_is_pinned_by_a_test():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "monai_differences.md").read_text()
+    metrics_section = text[text.index("\n## Metrics\n") :]
+    rows = re.findall(r"^\| \*\*(.+?)\*\* \|", metrics_section, flags=re.MULTILINE)
+    assert rows == list(DIFFERENCE_ROWS)
+    for row, test in DIFFERENCE_ROWS.items():
+        assert f'"{row}"' in test.__doc__
