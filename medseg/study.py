@@ -15,7 +15,9 @@ folder::
         done.json                     written last: the run finished (its spec, loss weights, summary metrics)
 
 A folder without ``done.json`` was interrupted: it is deleted and the run redone from scratch (the bundle's own
-resume is switched off), so every finished run comes from one uninterrupted training. ``<out>/tables`` receives
+resume is switched off), so every finished run comes from one uninterrupted training; only a cluster job that is
+preempted or times out resumes from its checkpoint, which continues the training bit for bit (:mod:`medseg.launch`,
+docs/cluster.md: ``--launcher local|submitit``, ``--jobs``, ``--status``, ``--tables-only``). ``<out>/tables`` receives
 the survey's tables (CSV and markdown), ``<out>/plots`` the figures (PNG). ``python scripts/compare_losses.py
 --help`` (or ``medseg compare``) is the command line; docs/study.md describes the presets.
 """
@@ -37,6 +39,8 @@ import pandas as pd
 
 from medseg import user_study
 from medseg.bundles import CPU_UNET3D, LOSS_OVERLAYS, bundle_configs, loss_overlay
+from medseg.console import UserError
+from medseg.launch.resources import add_launch_arguments, launcher_from_args
 from medseg.metrics.stats import mean_std_n, to_markdown
 
 __all__ = [
@@ -54,6 +58,7 @@ __all__ = [
     "run_grid",
     "survey_tables",
     "trained_weights",
+    "write_outputs",
     "write_tables",
 ]
 
@@ -469,7 +474,8 @@ def read_curves(event_dir: Path) -> pd.DataFrame:
     rows = [
         {"tag": tag, "step": e.step, "value": e.value} for tag in events.Tags()["scalars"] for e in events.Scalars(tag)
     ]
-    return pd.DataFrame(rows, columns=["tag", "step", "value"])
+    # a resumed run logs the steps after its checkpoint again: the later value is the one the run continued from
+    return pd.DataFrame(rows, columns=["tag", "step", "value"]).drop_duplicates(["tag", "step"], keep="last")
 
 
 def run_one(
@@ -478,26 +484,32 @@ def run_one(
     dataset_dir: Path,
     overrides: Mapping[str, Any],
     weights: Mapping[str, float] | None = None,
+    resume: bool = False,
+    trainer: Callable[..., Any] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, predict, score ``spec`` from scratch in ``folder``; write ``done.json`` last and return it.
 
     ``done.json`` records the loss ``weights`` trained (default: :func:`trained_weights`) and their
-    :func:`objective`, so that a later invocation can tell a finished run from one its overlay no longer describes.
+    :func:`objective`, so that a later invocation can tell a finished run from one its overlay no longer describes,
+    and ``record`` (e.g. the job that ran it). ``resume``: continue the training from the checkpoints in ``folder``
+    (a preempted cluster job started again) instead of deleting it. ``trainer``: trains like
+    :func:`medseg.bundles.train` (the default), e.g. :class:`medseg.launch.cell.TorchrunTraining`.
     """
     from medseg.bundles import train
 
     config = {**overrides, **dict(spec.setting)}
     weights = dict(weights) if weights is not None else trained_weights(spec.bundle, spec.loss, config)
-    if folder.exists():
+    if folder.exists() and not resume:
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=resume)
     start = time.perf_counter()
-    train(
+    (trainer or train)(
         spec.bundle,
         spec.loss,
         folder,
         dataset_dir=str(dataset_dir),
-        resume=False,
+        resume=resume,
         seed=spec.seed,
         **config,
     )
@@ -517,6 +529,7 @@ def run_one(
         "val_mean_dice": last_val.get("val_mean_dice"),
         "val_hd95_voxels": last_val.get("val_hd95"),
         "test": {k: float(scores[k].mean()) for k in ("dice", "hd95", "iou") if k in scores},
+        **dict(record or {}),
     }
     partial = folder / "done.json.partial"
     partial.write_text(json.dumps(summary, indent=2, default=str))
@@ -536,15 +549,40 @@ def dataset_for(grid: Grid, bundle: str, out: Path) -> Path:
     return root
 
 
-def run_grid(grid: Grid, out: str | Path, dry_run: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
+#: What the runner does with a cell in each state (:func:`medseg.launch.records.cell_state`).
+ACTIONS = {
+    "done": "skip",
+    "interrupted": "redo",
+    "failed": "redo",
+    "todo": "run",
+    "stale": "refuse",
+    "queued": "wait",
+    "running": "wait",
+}
+
+
+def run_grid(
+    grid: Grid,
+    out: str | Path,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+    launcher: Callable[..., Any] | None = None,
+) -> pd.DataFrame:
     """Run every run of ``grid`` not finished yet; returns the plan (one row per run with ``optimises``,
     ``status``, ``action``).
 
-    ``optimises`` is what the run trains (:func:`objective` of its loss weights). ``action`` is ``skip``
-    (finished before), ``run`` (new), ``redo`` (interrupted: deleted and rerun) or ``refuse`` (``stale``: finished
-    with other loss weights than its overlay now gives). With ``dry_run`` nothing is written or trained; otherwise
-    a stale run raises before anything is trained, naming its folder.
+    ``optimises`` is what the run trains (:func:`objective` of its loss weights). ``status`` is the cell's state
+    (:func:`medseg.launch.records.cell_state`): ``todo``, ``done``, ``interrupted``, ``stale``, or for a cell given
+    to a job ``queued``, ``running``, ``failed``. ``action`` is ``skip`` (finished before), ``run`` (new), ``redo``
+    (interrupted or failed: deleted and rerun), ``wait`` (its job is queued or running: left alone) or ``refuse``
+    (``stale``: finished with other loss weights than its overlay now gives). With ``dry_run`` nothing is written
+    or trained; otherwise a stale run raises before anything is trained, naming its folder. ``launcher`` runs the
+    cells to run and redo, ``launcher(grid, out, [(spec, loss weights)], log)`` (:mod:`medseg.launch`); by default
+    one after another in this process.
     """
+    from medseg.launch.local import LocalLauncher
+    from medseg.launch.records import cell_states
+
     out = Path(out)
     specs = grid.runs()
     weights = [
@@ -552,10 +590,10 @@ def run_grid(grid: Grid, out: str | Path, dry_run: bool = False, log: Callable[[
         for spec in specs
     ]
     rows = []
-    for spec, trains in zip(specs, weights, strict=True):
+    for spec, trains, cell in zip(specs, weights, cell_states(out, specs, weights), strict=True):
         folder = spec.folder(out)
-        status = run_status(folder, trains)
-        action = {"done": "skip", "interrupted": "redo", "todo": "run", "stale": "refuse"}[status]
+        status = cell.state
+        action = ACTIONS[status]
         row = {**spec.describe(), "optimises": objective(trains), "status": status, "action": action}
         rows.append(row | {"folder": str(folder)})
     plan = pd.DataFrame(rows)
@@ -575,12 +613,8 @@ def run_grid(grid: Grid, out: str | Path, dry_run: bool = False, log: Callable[[
             + "\n".join(lines)
             + "\nmove or delete these folders and run again; nothing was trained or deleted"
         )
-    for index, spec in enumerate(specs):
-        if plan.at[index, "action"] == "skip":
-            continue
-        log(f"[{index + 1}/{len(plan)}] {plan.at[index, 'action']} ({plan.at[index, 'optimises']}): {spec.folder(out)}")
-        dataset = dataset_for(grid, spec.bundle, out)
-        run_one(spec, spec.folder(out), dataset, grid.overrides.get(spec.bundle, {}), weights[index])
+    todo = [(spec, weights[i]) for i, spec in enumerate(specs) if plan.at[i, "action"] in ("run", "redo")]
+    (launcher or LocalLauncher())(grid, out, todo, log)
     return plan
 
 
@@ -968,6 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--override", nargs="*", default=[], metavar="ID=VALUE", help="config ids for every run")
     parser.add_argument("--dry-run", action="store_true", help="list the grid and each run's status; run nothing")
+    add_launch_arguments(parser)
     return parser
 
 
@@ -996,22 +1031,64 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     return grid
 
 
+def write_outputs(out: str | Path, grid: Grid) -> tuple[dict[str, pd.DataFrame], list[Path]]:
+    """The tables and plots of the finished runs under ``<out>``: the tables and the files written."""
+    out = Path(out)
+    metrics = collect(out)
+    tables = survey_tables(metrics, grid.main_settings()) | user_study.dataset_tables(metrics, grid.main_settings())
+    return tables, write_tables(metrics, tables, out / "tables") + plot_all(out, grid, metrics)
+
+
+def _print_outputs(out: Path, grid: Grid) -> int:
+    if not any(run_status(spec.folder(out)) == "done" for spec in grid.runs()):
+        raise UserError(f"no finished run of this grid under {out / 'runs'}: nothing to tabulate")
+    tables, written = write_outputs(out, grid)
+    for name, table in tables.items():
+        print(f"\n{name}\n{table.round(2).to_string(na_rep='–')}")
+    print("\nwritten: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _print_status(out: Path, grid: Grid) -> int:
+    from medseg.launch.records import grid_status
+
+    status = grid_status(grid, out)
+    print(status.to_string(index=False))
+    counts = status.state.value_counts()
+    print(f"\n{len(status)} cells: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``compare_losses``: run (or ``--dry-run`` list) the grid, then write tables and plots under ``--out``."""
+    """``compare_losses``: run (or ``--dry-run`` list) the grid, then write tables and plots under ``--out``;
+    ``--status`` shows the grid's state, ``--tables-only`` writes the tables of what is done."""
     args = build_parser().parse_args(argv)
+    modes = [flag for flag in ("dry_run", "status", "tables_only") if getattr(args, flag)]
+    if len(modes) > 1:
+        raise UserError(" and ".join("--" + m.replace("_", "-") for m in modes) + " exclude each other")
     grid = grid_from_args(args)
     out = Path(args.out)
+    if args.status:
+        return _print_status(out, grid)
+    if args.tables_only:
+        return _print_outputs(out, grid)
+    launcher = launcher_from_args(args)
     print(f"protocol {grid.protocol}: " + ", ".join(f"{a} → {b}" for a, b in grid.overlays().items()))
-    plan = run_grid(grid, out, dry_run=args.dry_run)
+    plan = run_grid(grid, out, dry_run=args.dry_run, launcher=launcher)
     columns = ["bundle", "loss", "optimises", "setting", "seed", "status"]
     columns += ["folder"] if args.dry_run else ["action"]
     print(plan[columns].to_string(index=False))
     if args.dry_run:
         return 0
-    metrics = collect(out)
-    tables = survey_tables(metrics, grid.main_settings()) | user_study.dataset_tables(metrics, grid.main_settings())
-    written = write_tables(metrics, tables, out / "tables") + plot_all(out, grid, metrics)
-    for name, table in tables.items():
-        print(f"\n{name}\n{table.round(2).to_string(na_rep='–')}")
-    print("\nwritten: " + ", ".join(str(p) for p in written))
-    return 0
+    unfinished = plan.action.isin(["run", "redo", "wait"]).sum()
+    if not launcher.waits and unfinished:
+        again = "medseg compare <the same options>"
+        print(
+            f"\n{unfinished} cells are with the cluster. Watch them with `{again} --status`; the job that completes "
+            f"the grid writes the tables and plots, `{again} --tables-only` writes those of the finished runs now."
+        )
+        return 0
+    waiting = (plan.action == "wait").sum()
+    if waiting:
+        print(f"\n{waiting} cells have jobs queued or running: the tables hold the finished runs only")
+    return _print_outputs(out, grid)
