@@ -59,6 +59,7 @@ DICE_CE_ARGS = [
     {"softmax": True, "include_background": False, "weight": [0.2, 1.0, 2.0]},
     {"sigmoid": True, "batch": True, "lambda_dice": 0.3, "lambda_ce": 1.7},
     {"softmax": True, "squared_pred": True, "jaccard": True, "reduction": "sum", "label_smoothing": 0.1},
+    {"softmax": True, "jaccard": True, "smooth_nr": 1.0, "smooth_dr": 1.0},
 ]
 
 

@@ -81,6 +81,9 @@ def test_ce_all_ignored_is_zero_not_nan():
         {"sigmoid": True, "batch": True},
         {"softmax": True, "squared_pred": True},
         {"softmax": True, "jaccard": True, "smooth_nr": 0.0, "smooth_dr": 1e-3},
+        # MONAI's jaccard, 1 - (2TP + s)/(2(TP + FP + FN) + s): smoothing 1 tells it from (TP + s)/(TP + FP + FN + s)
+        {"softmax": True, "jaccard": True, "smooth_nr": 1.0, "smooth_dr": 1.0},
+        {"sigmoid": True, "jaccard": True, "squared_pred": True, "smooth_nr": 1.0, "smooth_dr": 1.0},
         {"softmax": True, "weight": WEIGHT},
         {"softmax": True, "reduction": "none"},
         {"softmax": True, "reduction": "sum", "batch": True},
