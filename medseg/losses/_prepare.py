@@ -258,7 +258,7 @@ class SegmentationLoss(nn.Module):
     Args:
         include_background: keep class 0 in the loss (MONAI's default ``True``).
         to_onehot_y: accepted for MONAI compatibility; a ``(B, 1, ...)`` label map is always expanded
-            to one-hot when the input has more than one channel.
+            to one-hot when the input has more than one channel (on one channel it warns, as MONAI).
         sigmoid: apply a sigmoid to the input (binary or multi-label).
         softmax: apply a softmax over the channel dim (multi-class). A single channel is binary: the sigmoid, the
             softmax over the logits ``(0, x)`` (MONAI skips the softmax there and reads logits as probabilities).

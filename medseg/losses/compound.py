@@ -51,7 +51,8 @@ class DiceCELoss(nn.Module):
     sigmoid, with MONAI's warning); without an activation the Dice term needs probabilities and refuses logits.
 
     Added: ``ignore_index`` (MONAI's ``DiceCELoss`` has none and fails on a label 255); the voxels with that
-    label take part in neither term. Label-map targets need no ``to_onehot_y``.
+    label take part in neither term. Label-map targets need no ``to_onehot_y``. Soft targets in [0, 1] are
+    accepted by both terms (MONAI's numbers without ``weight``).
 
     Differs from MONAI in one corner: with a per-class ``weight`` *and* a one-hot target, torch (hence
     MONAI) divides the weighted CE sum by the voxel count, whereas medseg's CE divides by the summed weight
@@ -255,8 +256,9 @@ class ComboLoss(SegmentationLoss):
     error types equally). The paper subtracts the Dice coefficient (values down to :math:`-(1-\alpha)`); ours
     uses :math:`1 - \mathrm{Dice}`, so the loss is :math:`\ge 0` with 0 at a perfect prediction.
 
-    ``reduction="none"`` returns ``(B, C, 1, ...)`` (``(1, C, 1, ...)`` with ``batch=True``) like DiceLoss.
-    A class absent from target and prediction adds 0 to the Dice term and only the negatives' CE.
+    ``reduction="none"`` returns ``(B, C, 1, ...)`` (``(1, C, 1, ...)`` with ``batch=True``).
+    A class absent from target and prediction adds 0 to the Dice term and only the negatives' CE. Soft targets in
+    [0, 1] are accepted (both terms are defined for them).
 
     Reference: Taghanaki, Zheng, Zhou, Georgescu, Sharma, Xu, Comaniciu, Hamarneh, "Combo loss: Handling
     input and output imbalance in multi-organ segmentation", Computerized Medical Imaging and Graphics 2019.
@@ -433,7 +435,8 @@ class UnifiedFocalLoss(SegmentationLoss):
     classes are as above. With ``sigmoid``, or a single channel of probabilities, each channel is its own
     binary problem with classes (background :math:`1-p`, foreground :math:`p`), averaged over the channels.
     ``include_background=False`` drops class 0's terms (softmax case). Both terms are per item; ``reduction``
-    then acts on the batch (``"none"``: ``(B,)``).
+    then acts on the batch (``"none"``: ``(B,)``). Soft targets in [0, 1] are accepted (both terms are defined
+    for them).
 
     Defaults from the paper: :math:`\lambda = 0.5`, :math:`\delta = 0.6`, :math:`\gamma = 0.5`;
     ``tversky_weight`` is :math:`\lambda`, on the Focal Tversky term as in the authors' code.

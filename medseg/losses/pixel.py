@@ -65,7 +65,8 @@ class CrossEntropyLoss(SegmentationLoss):
     Takes logits: the activation is part of the loss (``softmax=True`` unless ``sigmoid=True``).
     ``include_background=False`` removes class 0's term (softmax still over all classes).
     Matches ``torch.nn.CrossEntropyLoss`` / ``BCEWithLogitsLoss``; adds label-map or one-hot targets and
-    input validation.
+    input validation. Soft targets in [0, 1] give :math:`-\sum_c w_c g_c \log p_c` (torch's class-probability
+    targets; the weighted mean divides by :math:`\sum_i \sum_c w_c g_{ic}`, the voxel count when unweighted).
 
     A single channel ``(B, 1, *spatial)`` is binary whatever the flags: its logit is the foreground's, and the
     loss is ``BCEWithLogitsLoss`` (the two-class softmax CE of the logits ``(0, x)``, the same number); with
@@ -178,7 +179,8 @@ class BalancedCrossEntropyLoss(SegmentationLoss):
     and it contributes nothing (nor does a class that fills every voxel); that is the definition, not a guard.
 
     Reference: Xie & Tu, "Holistically-Nested Edge Detection", ICCV 2015. No parameters beyond MONAI's
-    common ones; takes logits (the sigmoid is part of the loss).
+    common ones; takes logits (the sigmoid is part of the loss). Soft targets in [0, 1] are accepted (β from their
+    sums).
     """
 
     accepts_soft_target = True
