@@ -247,6 +247,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
     catalog's form.)
 
     Empty classes: as :class:`GeneralizedDiceLoss` (largest finite weight; an item with no class present scores 0).
+    Soft targets and ``soft_label`` as :class:`DiceLoss`.
 
     Reference: Yang, Kweon, Kim, "Major Vessel Segmentation on X-ray Coronary Angiography using Deep Networks with a
     Novel Penalty Loss Function", MIDL 2019 (extended abstract).
@@ -265,6 +266,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         batch: bool = False,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(
@@ -278,7 +280,8 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            ignore_index=ignore_index,
+            soft_label,
+            ignore_index,
         )
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
@@ -302,7 +305,8 @@ class LogCoshDiceLoss(_PerClassRegionLoss):
     :math:`[0, \log\cosh 1 \approx 0.434]`; its slope :math:`\tanh(L_{Dice})` vanishes near a perfect prediction.
 
     Empty classes: a class absent from target and prediction has Dice loss :math:`1 - s_{nr}/s_{dr} = 0` and
-    contributes :math:`\log\cosh 0 = 0`; predicting it anyway costs up to :math:`\log\cosh 1`.
+    contributes :math:`\log\cosh 0 = 0`; predicting it anyway costs up to :math:`\log\cosh 1`. Soft targets and
+    ``soft_label`` as :class:`DiceLoss`.
 
     Reference: Jadon, "A survey of loss functions for semantic segmentation", IEEE CIBCB 2020.
     """
@@ -321,6 +325,7 @@ class LogCoshDiceLoss(_PerClassRegionLoss):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(
@@ -328,9 +333,10 @@ class LogCoshDiceLoss(_PerClassRegionLoss):
         )
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
+        self.soft_label = soft_label
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
-        tp, fp, fn = overlap_stats(prep, self.batch)
+        tp, fp, fn = overlap_stats(prep, self.batch, soft_label=self.soft_label)
         dice_loss = 1.0 - (2.0 * tp + self.smooth_nr) / (2.0 * tp + fp + fn + self.smooth_dr)
         return torch.log(torch.cosh(dice_loss))
 
@@ -452,7 +458,8 @@ class JaccardLoss(_PerClassRegionLoss):
     ``DiceLoss(jaccard=True)`` computes :math:`1 - \frac{2TP + s_{nr}}{2(TP + FP + FN) + s_{dr}}`: the same loss
     with its smoothing terms halved, so ``JaccardLoss(smooth_nr=s, smooth_dr=t)`` gives exactly MONAI's
     ``DiceLoss(jaccard=True, smooth_nr=2s, smooth_dr=2t)`` (the same numbers for any ``squared_pred``,
-    ``batch``, ``weight``, ``ignore_index``). Defaults are MONAI's (``1e-5``).
+    ``batch``, ``weight``, ``ignore_index``, ``soft_label``). Defaults are MONAI's (``1e-5``). Soft targets and
+    ``soft_label`` as :class:`DiceLoss`.
 
     Empty classes: a class absent from target and prediction scores :math:`1 - s_{nr}/s_{dr} = 0`; predicting it
     anyway costs close to 1, as in Dice. ``reduction="none"`` returns ``(B, C, 1, ...)``.
@@ -476,6 +483,7 @@ class JaccardLoss(_PerClassRegionLoss):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(
@@ -484,9 +492,10 @@ class JaccardLoss(_PerClassRegionLoss):
         self.squared_pred = squared_pred
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
+        self.soft_label = soft_label
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
-        tp, fp, fn = overlap_stats(prep, self.batch, self.squared_pred)
+        tp, fp, fn = overlap_stats(prep, self.batch, self.squared_pred, self.soft_label)
         return 1.0 - (tp + self.smooth_nr) / (tp + fp + fn + self.smooth_dr)
 
 
@@ -566,7 +575,7 @@ class FocalTverskyLoss(TverskyLoss):
     :math:`10^{-12}` so the gradient stays finite at a perfect prediction. Smoothing: MONAI's defaults.
 
     Empty classes: a class absent from target and prediction scores :math:`0^{1/\gamma} \approx 0`; one only
-    predicted scores close to 1.
+    predicted scores close to 1. Soft targets and ``soft_label`` as :class:`DiceLoss`.
 
     Reference: Abraham & Khan, "A Novel Focal Tversky Loss Function with Improved Attention U-Net for Lesion
     Segmentation", ISBI 2019.
@@ -589,6 +598,7 @@ class FocalTverskyLoss(TverskyLoss):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(
@@ -603,8 +613,9 @@ class FocalTverskyLoss(TverskyLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            ignore_index=ignore_index,
-            weight=weight,
+            soft_label,
+            ignore_index,
+            weight,
         )
         if gamma <= 0:
             raise ValueError(f"gamma must be positive, got {gamma}")
@@ -627,7 +638,8 @@ class AsymmetricSimilarityLoss(TverskyLoss):
     Note ``beta`` here is :math:`F_\beta`'s :math:`\beta` (default 1.5, the paper's), not Tversky's FN weight.
     :math:`\beta > 1` favours recall. (Some survey code swaps the two weights.) Smoothing: MONAI's defaults.
 
-    Empty classes: as :class:`TverskyLoss` (0 when absent from target and prediction).
+    Empty classes: as :class:`TverskyLoss` (0 when absent from target and prediction). Soft targets and
+    ``soft_label`` as :class:`DiceLoss`.
 
     Reference: Hashemi, Salehi, Erdogmus, Prabhu, Warfield, Gholipour, "Asymmetric Loss Functions and Deep
     Densely-Connected Networks for Highly-Imbalanced Medical Image Segmentation: Application to Multiple Sclerosis
@@ -649,6 +661,7 @@ class AsymmetricSimilarityLoss(TverskyLoss):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         weight: Sequence[float] | float | torch.Tensor | None = None,
+        soft_label: bool = False,
         ignore_index: int | None = None,
     ) -> None:
         f_beta_squared = float(beta) ** 2
@@ -664,8 +677,9 @@ class AsymmetricSimilarityLoss(TverskyLoss):
             smooth_nr,
             smooth_dr,
             batch,
-            ignore_index=ignore_index,
-            weight=weight,
+            soft_label,
+            ignore_index,
+            weight,
         )
         self.f_beta = float(beta)
 

@@ -136,6 +136,7 @@ DICE_FOCAL_ARGS = [
     {"sigmoid": True, "gamma": 1.5, "alpha": 0.25, "include_background": False},
     {"softmax": True, "weight": [0.5, 1.0, 2.0], "lambda_dice": 0.7, "lambda_focal": 0.4, "batch": True},
     {"sigmoid": True, "squared_pred": True, "reduction": "none"},
+    {"softmax": True, "reduction": "sum", "weight": [0.5, 1.0, 2.0]},  # MONAI's focal sum: spatial means, summed
 ]
 
 

@@ -3,6 +3,7 @@ MONAI's numbers (``soft_label``, soft targets without it) for the classes MONAI 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import monai.losses
@@ -109,14 +110,38 @@ def test_soft_targets_match_monai(name, monai_name, kwargs, spatial):
     assert torch.allclose(ours, reference.double(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dice", "generalized_dice", "tversky"])
+SOFT_LABEL = [
+    "dice",
+    "generalized_dice",
+    "tversky",
+    "jaccard",
+    "log_cosh_dice",
+    "focal_tversky",
+    "asym_similarity",
+    "penalty_gdl",
+]
+
+
+def test_soft_label_is_offered_by_every_overlap_loss_with_tp_fp_fn():
+    assert {i.name for i in list_losses() if "soft_label" in inspect.signature(i.cls.__init__).parameters} == set(
+        SOFT_LABEL
+    )
+
+
+@pytest.mark.parametrize("name", SOFT_LABEL)
 def test_soft_label_scores_zero_when_prediction_equals_soft_target(name):
     # Wang & Blaschko's point: with soft targets only the soft_label form reaches 0 at p = g
     _, target = soft_batch(seed=1)
-    assert get_loss(name, soft_label=True, smooth_nr=0.0, smooth_dr=1e-12)(target, target).item() == pytest.approx(
-        0.0, abs=1e-9
-    )
-    assert get_loss(name, soft_label=False, smooth_nr=0.0, smooth_dr=1e-12)(target, target).item() > 0.05
+    smoothing = {"smooth_nr": 0.0, "smooth_dr": 1e-12}
+    assert get_loss(name, soft_label=True, **smoothing)(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert get_loss(name, soft_label=False, **smoothing)(target, target).item() > 1e-3
+
+
+@pytest.mark.parametrize("name", SOFT_LABEL)
+def test_soft_label_changes_nothing_for_hard_targets(name):
+    logits, labels = random_batch(CASES[name], seed=4)
+    hard = get_loss(name, softmax=True)(logits, labels)
+    assert torch.allclose(get_loss(name, softmax=True, soft_label=True)(logits, labels), hard, rtol=1e-10, atol=1e-12)
 
 
 def test_dice_ce_soft_binary_target_with_pos_weight_is_torchs_bce():
