@@ -82,6 +82,20 @@ def test_dice_ce_one_hot_target_matches_monai():
     assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_dice_ce_class_weights_give_one_number_for_both_target_forms():
+    # docs/monai_differences.md, "Dice+CE class weights with a one-hot target": MONAI (torch's CE) divides the
+    # weighted CE by the summed class weights for a label map but by the voxel count for a one-hot target
+    logits, labels = random_batch()
+    weight = [0.2, 1.0, 2.0]
+    ours = get_loss("dice_ce", softmax=True, weight=weight)
+    assert torch.allclose(ours(logits, one_hot(labels, 3)), ours(logits, labels), rtol=1e-12)
+    monai_weight = torch.tensor(weight, dtype=torch.float64)
+    from_labels = monai_loss(monai.losses.DiceCELoss, softmax=True, to_onehot_y=True, weight=monai_weight)
+    from_one_hot = monai_loss(monai.losses.DiceCELoss, softmax=True, weight=monai_weight)
+    assert torch.allclose(ours(logits, labels), from_labels(logits, labels), rtol=1e-5)
+    assert not torch.allclose(from_one_hot(logits, one_hot(labels, 3)), from_labels(logits, labels), rtol=1e-3)
+
+
 @pytest.mark.parametrize("weight", [None, [3.0]])
 def test_dice_ce_binary_matches_monai_bce_with_pos_weight(weight):
     logits, labels = random_batch(channels=1)

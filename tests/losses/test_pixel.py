@@ -256,6 +256,19 @@ def test_focal_matches_monai(spatial, softmax, include_background, options, igno
         assert torch.allclose(ours, reference, atol=1e-5), reduction
 
 
+@pytest.mark.parametrize("use_softmax", [False, True], ids=["sigmoid", "softmax"])
+def test_focal_mean_is_the_same_with_and_without_ignore_index(use_softmax):
+    # docs/monai_differences.md, "Focal mean with ignore_index": MONAI's masked mean divides by the voxels only,
+    # so setting ignore_index multiplies its loss by the class count even when no voxel is ignored
+    x, y = batch(classes=4)
+    plain = FocalLoss(use_softmax=use_softmax)(x, y)
+    assert torch.allclose(FocalLoss(use_softmax=use_softmax, ignore_index=IGNORE)(x, y), plain, rtol=1e-12)
+    monai_plain = monai.losses.FocalLoss(to_onehot_y=True, use_softmax=use_softmax)(x, y)
+    monai_masked = monai.losses.FocalLoss(to_onehot_y=True, use_softmax=use_softmax, ignore_index=IGNORE)(x, y)
+    assert torch.allclose(plain, monai_plain.double(), rtol=1e-5)
+    assert torch.allclose(monai_masked, 4 * monai_plain, rtol=1e-5)
+
+
 def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0):
     """torchvision.ops.sigmoid_focal_loss as documented (torchvision is not installable here), reduction mean."""
     p = torch.sigmoid(inputs)

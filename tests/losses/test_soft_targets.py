@@ -170,3 +170,19 @@ def test_values_outside_the_unit_interval_are_refused_even_where_soft_targets_ar
         get_loss("dice", softmax=True)(logits, 1.5 * target)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         get_loss("dice", softmax=True)(logits, target - 0.5)
+
+
+def test_focal_alpha_per_class_is_interpolated_for_soft_targets():
+    # docs/monai_differences.md, "Soft targets in two corners": α_c g + (1 - g), MONAI's α_c only where g == 1
+    logits, target = soft_batch()
+    alpha = [0.2, 0.5, 0.9]
+    x, g = logits, target
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x, g, reduction="none")
+    modulating = torch.sigmoid(x * (1 - 2 * g)) ** 2  # MONAI's exp(γ logσ(-x(2g - 1))), (1 - p_t)^γ for 0/1 targets
+    factor = torch.tensor(alpha, dtype=torch.float64).view(1, 3, 1, 1) * g + (1 - g)
+    expected = (factor * modulating * bce).mean()
+    assert torch.allclose(get_loss("focal", alpha=alpha)(x, g), expected, rtol=1e-10)
+    hard = (g > 0.5).double()
+    assert torch.allclose(
+        get_loss("focal", alpha=alpha)(x, hard), monai.losses.FocalLoss(alpha=alpha)(x, hard).double(), rtol=1e-5
+    )
