@@ -42,3 +42,35 @@ def test_readme_evaluate_line_reproduces_the_demo_table(tmp_path, monkeypatch):
         for column, value in row.items():
             mean = summary["per_structure"][organ][column]["mean"]
             assert mean == value or (mean is None and math.isnan(value)), (organ, column)
+
+
+def _measure_readme():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure_readme", ROOT / "scripts" / "measure_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_quotes_the_measured_runtimes():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "measure_readme.py"), "--check"], capture_output=True
+    )
+    assert result.returncode == 0, result.stdout.decode()
+
+
+def test_the_measured_commands_are_the_readmes():
+    measure = _measure_readme()
+    readme = (ROOT / "README.md").read_text()
+    for name, command in measure.COMMANDS.items():
+        assert command in readme, f"scripts/measure_readme.py times {name!r} as {command!r}, which the README lacks"
+    figures = {"demo": "12 s", "machine": "2 cores (a CPU)"}
+    rendered = measure.render_readme(
+        "<!-- runtime:demo -->old<!-- /runtime --> on <!-- runtime:machine --><!-- /runtime -->", figures
+    )
+    assert (
+        rendered
+        == "<!-- runtime:demo -->12 s<!-- /runtime --> on <!-- runtime:machine -->2 cores (a CPU)<!-- /runtime -->"
+    )
