@@ -394,8 +394,8 @@ def prepare(
     ``soft_targets``: a ``(B, C, ...)`` target (or a float single-channel one) may hold any value in [0, 1]
     (label smoothing, distillation, several raters) and its channels need not sum to 1; the prepared ``labels`` are
     then ``None``. Otherwise it must be 0/1 (one class per voxel with ``softmax``) and anything else raises, naming
-    the loss. ``to_onehot_y`` only adds MONAI's warning on one channel: a
-    label map is expanded whenever the input has more than one channel.
+    the loss. ``to_onehot_y`` only adds MONAI's warning on one channel: a label map is expanded whenever the input
+    has more than one channel.
     """
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError("input and target must be torch tensors")
