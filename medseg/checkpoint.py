@@ -5,7 +5,9 @@
   the old file or the new one, never part of one.
 * :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` writing that way, and deleting the files it replaces
   only once their successor is complete (ignite deletes first). With ``save_key_metric`` it remembers the scores
-  of the files it keeps in ``<file>.json``, so a resumed run keeps the best model of the whole run.
+  of the files it keeps in ``<file>.json``, so a resumed run keeps the best model of the whole run. With
+  ``save_final`` the final file is written only when the run completes all its epochs (MONAI also writes it when
+  training raises, so a crashed run would leave a file that looks final).
 * :func:`newest_readable_checkpoint`: the newest ``*_epoch=N.pt`` that loads, skipping (and logging) broken ones.
 * :class:`RandomStates`: torch, CUDA, numpy and Python random states plus the ``R`` of every MONAI
   ``Randomizable`` transform and the data loader's generators, as a checkpointable ``state_dict``.
@@ -27,6 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
@@ -122,6 +125,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
       metric, score, epoch) after each save. A resumed run reads it back at its first validation, keeping the
       entries of epochs before the current one, so ``model.pt`` stays the best model of the whole run rather
       than of the part since the resume. ``key_metric_save_state`` is not supported (the state is in that file).
+    * With ``save_final``, the final file (``model.pt`` of a last-epoch protocol) is written when the run completes
+      every epoch, and neither when training raises (MONAI saves it then too) nor when it is terminated early.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
@@ -137,8 +142,32 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 fixed = getattr(checkpoint.save_handler, "filename", None)
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename=fixed)
         self._key_metric_epochs: dict[str, int] = {}
+        self._terminated_at: int | None = None  # the epoch in which the run was stopped before its end
+        self._epoch_completed = False
         self._key_metric_restored = False
         self._earlier_intervals_counted = False
+
+    def attach(self, engine: Engine) -> None:
+        """MONAI's handlers, and with ``save_final`` two that note whether the run was terminated early."""
+        super().attach(engine)
+        if self._final_checkpoint is not None:
+            engine.add_event_handler(Events.STARTED, self._note_progress, None)
+            engine.add_event_handler(Events.EPOCH_STARTED, self._note_progress, False)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._note_progress, True)
+            engine.add_event_handler(Events.TERMINATE, self._note_termination)
+
+    @property
+    def _final_name(self) -> str:
+        return self._final_filename or "final"
+
+    def _note_progress(self, engine: Engine, epoch_completed: bool | None) -> None:
+        self._epoch_completed = bool(epoch_completed)
+        if epoch_completed is None:  # a new run
+            self._terminated_at = None
+
+    def _note_termination(self, engine: Engine) -> None:
+        if not (self._epoch_completed and engine.state.epoch >= engine.state.max_epochs):
+            self._terminated_at = engine.state.epoch
 
     @property
     def key_metric_record(self) -> Path | None:
@@ -147,7 +176,26 @@ class AtomicCheckpointSaver(CheckpointSaver):
             return None
         return Path(self.save_dir) / f"{self.key_metric_filename or 'key_metric_checkpoints'}.json"
 
-    def completed(self, engine) -> None:
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        """Re-raise ``e`` without saving: MONAI saves the final checkpoint here, which would then look final.
+
+        (Still registered for ``EXCEPTION_RAISED``: ignite swallows an exception whose event has an empty list of
+        handlers, and removing MONAI's leaves one.)
+        """
+        logger.warning("training raised %s: no final checkpoint (%s) is written", type(e).__name__, self._final_name)
+        raise e
+
+    def completed(self, engine: Engine) -> None:
+        """Save the final checkpoint, unless the run was stopped (``engine.terminate()``) before its last epoch."""
+        if self._terminated_at is not None:
+            logger.warning(
+                "training stopped in epoch %s of %s: no final checkpoint (%s) is written, it is written only when "
+                "every epoch completes; the epoch checkpoints hold the weights so far",
+                self._terminated_at,
+                engine.state.max_epochs,
+                self._final_name,
+            )
+            return
         with _unchanged_on_failure(self._final_checkpoint):
             super().completed(engine)
 

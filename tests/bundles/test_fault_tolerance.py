@@ -177,6 +177,46 @@ def test_a_run_killed_while_saving_resumes_and_finishes(tmp_path, synthetic_btcv
     assert not list(models.glob("*.partial")) and not (root / "run.lock").exists()
 
 
+TRANSUNET = ROOT / "bundles" / "synapse_transunet" / "configs" / "train.json"
+#: TransUNet.tiny on 16×16 slices, 2 iterations per epoch (as in test_synapse_transunet.py)
+TRANSUNET_TINY = {"network_def#_target_": "medseg.networks.TransUNet.tiny", "num_workers": 0, "batch_size": 8,
+                  "sw_batch_size": 8, "roi_size": [16, 16], "amp": False}  # fmt: skip
+
+
+def test_transunet_writes_its_last_epoch_model_only_when_training_completes(tmp_path, synthetic_transunet, monkeypatch):
+    from medseg.engine import PrepareBatchWithAux
+
+    def train_transunet(**overrides):
+        run(config_file=str(TRANSUNET), logging_file=False, bundle_root=str(tmp_path),
+            dataset_dir=str(synthetic_transunet), **TRANSUNET_TINY, **overrides)  # fmt: skip
+
+    prepare, batches = PrepareBatchWithAux.__call__, []
+
+    def crash_in_epoch_2(self, *args, **kwargs):
+        batches.append(1)
+        if len(batches) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrepareBatchWithAux, "__call__", crash_in_epoch_2)
+    # without StatsHandler, whose own exception handler (attached first) re-raises before MONAI's saver can save
+    quiet = [{"_target_": "medseg.console.EpochSummary"}]
+    with pytest.raises(Exception) as info:
+        train_transunet(max_epochs=2, **{"train#handlers": quiet})
+    assert "CUDA out of memory" in error_chain(info.value)
+    models = tmp_path / "models"
+    assert [p.name for p in epoch_checkpoints(models)] == ["last_checkpoint_epoch=1.pt"]
+    assert not (models / "model.pt").exists()  # MONAI's save_final wrote epoch 1's weights here: "final" at a glance
+
+    monkeypatch.undo()
+    train_transunet(max_epochs=2, **{"train#handlers": quiet})  # resumes after epoch 1 and completes
+    last = load(epoch_checkpoints(models)[0])
+    assert last["trainer"]["iteration"] == 4  # 2 epochs of 2
+    final = load(models / "model.pt")
+    assert final.keys() == last["network"].keys()
+    assert all(torch.equal(final[k], last["network"][k]) for k in final)
+
+
 def test_medseg_train_writes_under_runs_bundle_loss_and_says_so(tmp_path, synthetic_btcv, monkeypatch, capsys):
     from medseg.cli import main
 

@@ -206,3 +206,57 @@ def test_random_states_of_another_pipeline_are_refused():
     state["transforms"] = state["transforms"][:-1]
     with pytest.raises(ValueError, match="the data pipeline changed"):
         RandomStates(loader).load_state_dict(state)
+
+
+def final_saver(folder, net) -> AtomicCheckpointSaver:
+    return AtomicCheckpointSaver(str(folder), {"model": net}, save_final=True, final_filename="model.pt")
+
+
+def test_a_run_that_raises_mid_training_writes_no_final_checkpoint(tmp_path):
+    net = nn.Linear(1, 1, bias=False)
+    engine = epochs_engine(net)
+
+    @engine.on(Events.EPOCH_COMPLETED(once=2))
+    def crash(engine):
+        raise RuntimeError("CUDA out of memory")
+
+    final_saver(tmp_path, net).attach(engine)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.run([0], max_epochs=3)
+    assert not (tmp_path / "model.pt").exists()  # MONAI's saver writes it on EXCEPTION_RAISED: it would look final
+
+
+def test_a_run_terminated_before_its_last_epoch_writes_no_final_checkpoint(tmp_path, caplog):
+    net = nn.Linear(1, 1, bias=False)
+    engine = epochs_engine(net)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+    final_saver(tmp_path, net).attach(engine)
+    with caplog.at_level(logging.WARNING):
+        engine.run([0], max_epochs=3)
+    assert not (tmp_path / "model.pt").exists()
+    assert "training stopped in epoch 2 of 3: no final checkpoint (model.pt)" in caplog.text
+
+
+def test_a_completed_run_writes_the_last_epochs_weights_as_final_checkpoint(tmp_path):
+    net = nn.Linear(1, 1, bias=False)
+    saver = final_saver(tmp_path, net)
+    crashing = epochs_engine(net)
+    crashing.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: 1 / 0)
+    saver.attach(crashing)
+    with pytest.raises(ZeroDivisionError):
+        crashing.run([0], max_epochs=3)
+    resumed = epochs_engine(net)  # the same saver and engine state run again, as a resumed run does
+    resumed.load_state_dict({"epoch": 1, "epoch_length": 1, "max_epochs": 3})
+    saver.attach(resumed)
+    resumed.run([0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert saved_weight(tmp_path / "model.pt") == 3
+
+
+def test_a_run_terminated_after_its_last_epoch_writes_the_final_checkpoint(tmp_path):
+    net = nn.Linear(1, 1, bias=False)
+    engine = epochs_engine(net)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())
+    final_saver(tmp_path, net).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert saved_weight(tmp_path / "model.pt") == 2
