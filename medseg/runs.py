@@ -41,7 +41,8 @@ class RunFolderError(UserError):
 
 def default_run_folder(bundle: str | Path, loss: str | Path, fold: int | None = None) -> Path:
     """``runs/<bundle>-<loss>[-fold<k>]`` (relative to the working folder): where ``medseg train`` writes by default."""
-    name = Path(loss).stem if str(loss).endswith(".json") else str(loss)
+    name = Path(loss).name  # a loss given as a path names the run by its file, never a folder outside runs/
+    name = name.removesuffix(".json")
     return Path("runs") / f"{Path(bundle).name}-{name}{'' if fold is None else f'-fold{fold}'}"
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +128,4 @@ def test_medseg_train_folders_are_named_after_bundle_and_loss():
     assert str(default_run_folder("synapse_unet3d", "ce+dice")) == os.path.join("runs", "synapse_unet3d-ce+dice")
     assert default_run_folder("bundles/cityscapes_2d", "/home/me/my_loss.json").name == "cityscapes_2d-my_loss"
     assert default_run_folder("generic_3d", "dice", fold=2).name == "generic_3d-dice-fold2"
+    assert default_run_folder("synapse_unet3d", "../../x/evil") == Path("runs") / "synapse_unet3d-evil"
