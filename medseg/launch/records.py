@@ -163,8 +163,11 @@ def slurm_states(submissions: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         return {}
     import submitit
 
-    jobs = [submitit.SlurmJob(folder=s["folder"], job_id=s["job_id"]) for s in submissions]
-    return {job.job_id: str(job.state) for job in jobs}
+    watcher = submitit.SlurmJob.watcher  # submitit's sacct caller, shared by its SLURM jobs
+    for submission in submissions:
+        watcher.register_job(submission["job_id"])
+    watcher.update()  # one sacct call for every job, now
+    return {s["job_id"]: watcher.get_state(s["job_id"], mode="cache") for s in submissions}
 
 
 def _job_alive(submission: Mapping[str, Any], state: Mapping[str, Any] | None, slurm: Mapping[str, str]) -> bool | None:
@@ -210,7 +213,10 @@ def cell_state(
     detail = "" if alive else "whether the job still runs cannot be told from this machine"
     if recorded == "requeued":
         detail = f"preempted or timed out, queued again (attempt {attempt + 1} next)"
-    return CellState("running" if recorded == "running" else "queued", job_id, attempt, log, detail)
+    running = recorded == "running"
+    if job_id in slurm and alive:  # SLURM knows best: a job it requeued itself (node failure) waits again
+        running = slurm[job_id].upper().startswith(("RUNNING", "COMPLETING"))
+    return CellState("running" if running else "queued", job_id, attempt, log, detail)
 
 
 def cell_states(out: str | Path, specs: Sequence[Any], weights: Sequence[Mapping[str, float]]) -> list[CellState]:
