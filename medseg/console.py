@@ -109,8 +109,9 @@ def wait_for_pool_threads(timeout: float = 120.0) -> None:
 def report_error(exc: BaseException, command: str, debug: bool = False) -> int:
     """Print ``exc`` for a user (one line and a hint; the traceback too with ``debug``) and return the exit status.
 
-    :class:`UserError`: status 2 (the request was refused before anything ran); anything else: status 1 (the run
-    failed), with the error MONAI wrapped unwrapped.
+    A :class:`UserError` anywhere in the chain (MONAI's config wraps one raised in a bundle's ``initialize``):
+    status 2 (the request was refused before anything ran); anything else: status 1 (the run failed), with the error
+    MONAI wrapped unwrapped.
     """
     wait_for_pool_threads()
     if debug:
@@ -119,11 +120,12 @@ def report_error(exc: BaseException, command: str, debug: bool = False) -> int:
         print(f"medseg {command}: interrupted", file=sys.stderr)
         return 130
     print(f"medseg {command}: error: {error_message(exc)}", file=sys.stderr)
-    hint = exc.hint if isinstance(exc, UserError) else None
+    refused = next((link for link in _exception_chain(exc) if isinstance(link, UserError)), None)  # MONAI wraps it
+    hint = refused.hint if refused is not None else None
     more = "" if debug else "--debug shows the traceback"
     if hint or more:
         print("  hint: " + "; ".join(h for h in (hint, more) if h), file=sys.stderr)
-    return EXIT_USAGE if isinstance(exc, UserError) else EXIT_FAILED
+    return EXIT_FAILED if refused is None else EXIT_USAGE
 
 
 class _ConsoleFilter(logging.Filter):

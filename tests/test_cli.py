@@ -10,7 +10,7 @@ import pytest
 
 import medseg.bundles
 from medseg.cli import main
-from medseg.console import UserError, console, error_message
+from medseg.console import UserError, console, error_message, report_error
 from medseg.data.synthetic import make_synapse
 
 #: synapse_unet3d at test size: CPU-size network and patches, one validation, 2 epochs of 1 iteration.
@@ -84,6 +84,20 @@ def test_monai_config_errors_are_unwrapped_to_the_users_error():
     with pytest.raises(RuntimeError, match="Failed to") as wrapped:
         parser.get_parsed_content("net")
     assert error_message(wrapped.value) == str(direct.value)
+
+
+def test_a_refusal_monai_wrapped_in_its_config_still_exits_2_with_its_hint(capsys):
+    from monai.bundle import ConfigParser
+
+    def refuse():
+        raise UserError("the run folder is in use", hint="use another --bundle-root")
+
+    parser = ConfigParser({"open": "$refuse()"}, globals={"refuse": refuse})
+    with pytest.raises(RuntimeError, match="Failed to evaluate") as wrapped:
+        parser.get_parsed_content("open")
+    assert report_error(wrapped.value, "train") == 2
+    err = capsys.readouterr().err
+    assert "error: the run folder is in use" in err and "use another --bundle-root" in err
 
 
 def test_a_failed_run_reports_the_users_error_in_a_line_and_exits_1(tmp_path, capsys):
