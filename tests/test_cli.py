@@ -187,3 +187,13 @@ def test_training_prints_one_line_per_epoch_and_verbose_adds_iterations(tmp_path
     )
     verbose = capsys.readouterr()
     assert "Iter: 1/1" in verbose.err and "epoch 2/2" in verbose.err
+
+
+@pytest.mark.parametrize(
+    "bundle", sorted(p.parent.parent.name for p in medseg.bundles.BUNDLES.glob("*/configs/train.json"))
+)
+def test_every_bundle_logs_one_summary_line_per_epoch(bundle):
+    import json
+
+    handlers = json.loads((medseg.bundles.BUNDLES / bundle / "configs" / "train.json").read_text())["train"]["handlers"]
+    assert [h for h in handlers if h.get("_target_") == "medseg.console.EpochSummary"], bundle
