@@ -8,7 +8,9 @@ A bundle's ``initialize`` opens a :class:`RunFolder` and its ``run`` closes it:
   network, data, label map...) and its hash. A run resumes only when its config is the same; otherwise it stops
   with the differences and the two ways on (a new ``--bundle-root``, or ``--no-resume``).
 * A fresh start (``resume`` off, or nothing to resume) moves an earlier run's checkpoints to
-  ``<ckpt_dir>/replaced-<time>/``, so they can neither be resumed by mistake nor lost.
+  ``<ckpt_dir>/replaced-<time>/``, so they can neither be resumed by mistake nor lost, and the contents of its log
+  folders (TensorBoard events in ``<bundle_root>/eval``) to ``<log_dir>/replaced-<time>/``, so the new run's curves
+  do not mix with the earlier run's (TensorBoard shows the moved ones as a run of their own).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,18 +146,29 @@ class RunFolder:
         ckpt_dir: where the checkpoints are (``<root>/models``); ``run_config.json`` goes there.
         config: what identifies the run (loss, network, data, label map...), described by :func:`describe`.
         resume: whether this run continues the checkpoints it finds (else it starts afresh).
+        log_dirs: folders the run logs to (the bundle's ``output_dir``, TensorBoard events): a fresh start moves
+            what an earlier run left there aside. None of them may hold ``root`` or ``ckpt_dir``.
     """
 
-    def __init__(self, root: str | Path, ckpt_dir: str | Path, config: Any, resume: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        ckpt_dir: str | Path,
+        config: Any,
+        resume: bool = True,
+        log_dirs: Iterable[str | Path] = (),
+    ) -> None:
         self.root = Path(root)
         self.ckpt_dir = Path(ckpt_dir)
         self.config = config
         self.resume = resume
+        self.log_dirs = [Path(d) for d in log_dirs]
         self.lock_path = self.root / LOCK_NAME
         self.held = False
 
     def open(self) -> RunFolder:
         """Lock the folder, clear unfinished writes, then check the config (resume) or start afresh."""
+        self._check_log_dirs()
         self.root.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
@@ -252,20 +265,50 @@ class RunFolder:
             f"{self.ckpt_dir} holds a run with another config, so it is not resumed ({differences}): {ways_on}"
         )
 
+    def _check_log_dirs(self) -> None:
+        """A log folder whose contents a fresh start moves aside must not hold the run folder or its checkpoints."""
+        kept = {"the run folder": self.root.resolve(), "the checkpoint folder": self.ckpt_dir.resolve()}
+        for log_dir in self.log_dirs:
+            for what, path in kept.items():
+                if log_dir.resolve() == path or log_dir.resolve() in path.parents:
+                    raise RunFolderError(
+                        f"the log folder {log_dir} holds {what} {path}: a fresh start moves an earlier run's logs "
+                        "aside, and would move it too. Give the logs a folder of their own (output_dir, e.g. "
+                        "<bundle_root>/eval)"
+                    )
+
     def _start_afresh(self, described: Any) -> None:
         earlier = [p for p in self.ckpt_dir.iterdir() if p.is_file() and p.name.endswith((".pt", ".pt.json"))]
         record = self.ckpt_dir / CONFIG_NAME
         if record.is_file():
             earlier.append(record)
-        if earlier:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            aside = self.ckpt_dir / f"replaced-{stamp}"
-            aside.mkdir(exist_ok=True)
-            for path in earlier:
-                os.replace(path, aside / path.name)
-            logger.info("starting afresh in %s: the earlier run's %d files moved to %s", self.root, len(earlier), aside)
+        logs = {d: [p for p in d.iterdir() if not p.name.startswith("replaced-")] for d in self.log_dirs if d.is_dir()}
+        aside = _aside_name([self.ckpt_dir, *logs])
+        _move_aside(earlier, self.ckpt_dir / aside, f"starting afresh in {self.root}: the earlier run's checkpoints")
+        for log_dir, paths in logs.items():
+            _move_aside(paths, log_dir / aside, "the earlier run's logs")
         payload = {"sha256": config_hash(described), "config": described}
         atomic_write_text(record, json.dumps(payload, indent=1, sort_keys=True))
+
+
+def _aside_name(folders: list[Path]) -> str:
+    """``replaced-<time>``, with ``-2``, ``-3``... when a fresh start earlier in the same second took it."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name, number = f"replaced-{stamp}", 1
+    while any((folder / name).exists() for folder in folders):
+        number += 1
+        name = f"replaced-{stamp}-{number}"
+    return name
+
+
+def _move_aside(paths: list[Path], aside: Path, what: str) -> None:
+    """Move ``paths`` into the new folder ``aside`` (none when there is nothing to move)."""
+    if not paths:
+        return
+    aside.mkdir()
+    for path in paths:
+        os.replace(path, aside / path.name)
+    logger.info("%s (%d) moved to %s", what, len(paths), aside)
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 4) -> str:

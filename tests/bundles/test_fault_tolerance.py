@@ -98,6 +98,8 @@ def test_a_second_run_on_a_folder_in_use_refuses_before_training(tmp_path, synth
 def test_resume_with_another_loss_refuses_and_no_resume_moves_the_earlier_run_aside(tmp_path, synthetic_btcv):
     train(tmp_path, synthetic_btcv, max_epochs=1)
     first = (tmp_path / "models" / "last_checkpoint_epoch=1.pt").read_bytes()
+    first_events = sorted(p.name for p in (tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert first_events
     with pytest.raises(Exception) as info:
         train(tmp_path, synthetic_btcv, "dice", max_epochs=2)
     message = error_chain(info.value)
@@ -110,6 +112,12 @@ def test_resume_with_another_loss_refuses_and_no_resume_moves_the_earlier_run_as
     train(tmp_path, synthetic_btcv, "dice", max_epochs=1, resume=False)
     (aside,) = (tmp_path / "models").glob("replaced-*")
     assert (aside / "last_checkpoint_epoch=1.pt").read_bytes() == first
+    # the first run's TensorBoard events moved aside too, so the new run's curves start alone in eval/
+    (events_aside,) = (tmp_path / "eval").glob("replaced-*")
+    assert events_aside.name == aside.name
+    assert sorted(p.name for p in events_aside.glob("events.out.tfevents.*")) == first_events
+    second_events = sorted(p.name for p in (tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert second_events and not set(second_events) & set(first_events)
     assert json.loads((aside / "run_config.json").read_text())["config"]["loss_weights"] == {"ce": 0.5, "dice": 0.5}
     record = json.loads((tmp_path / "models" / "run_config.json").read_text())
     assert record["config"]["loss_weights"] == {"dice": 1.0}

@@ -108,6 +108,65 @@ def test_a_fresh_start_moves_the_earlier_run_aside_and_clears_unfinished_writes(
     assert json.loads((tmp_path / "models" / "run_config.json").read_text())["config"] == {"loss": "focal"}
 
 
+def test_a_fresh_start_moves_the_earlier_runs_logs_aside_and_a_resume_keeps_them(tmp_path):
+    eval_dir = tmp_path / "eval"
+
+    def logged_run(config, resume=True) -> RunFolder:
+        return RunFolder(tmp_path, tmp_path / "models", config, resume, log_dirs=[eval_dir])
+
+    logged_run({"loss": "dice"}).open().close()  # the first run: nothing to move, eval/ need not exist
+    assert not eval_dir.exists() or not any(eval_dir.iterdir())
+    eval_dir.mkdir(exist_ok=True)
+    (eval_dir / "events.out.tfevents.1.host").write_bytes(b"dice curves")
+    (eval_dir / "val_mean_dice_raw.csv").write_text("filename,mean\n")
+    fake_checkpoint(tmp_path)
+    logged_run({"loss": "dice"}).open().close()  # resumes: its curves continue in the same events folder
+    assert sorted(p.name for p in eval_dir.iterdir()) == ["events.out.tfevents.1.host", "val_mean_dice_raw.csv"]
+
+    logged_run({"loss": "focal"}, resume=False).open().close()
+    (ckpt_aside,) = (tmp_path / "models").glob("replaced-*")
+    (aside,) = eval_dir.iterdir()
+    assert aside.name == ckpt_aside.name  # one time stamp for the checkpoints and the logs they go with
+    assert sorted(p.name for p in aside.iterdir()) == ["events.out.tfevents.1.host", "val_mean_dice_raw.csv"]
+    assert (aside / "events.out.tfevents.1.host").read_bytes() == b"dice curves"
+
+    (eval_dir / "events.out.tfevents.2.host").write_bytes(b"focal curves")
+    fake_checkpoint(tmp_path)
+    logged_run({"loss": "tversky"}, resume=False).open().close()  # another fresh start: a folder of its own
+    asides = sorted(eval_dir.iterdir())
+    assert len(asides) == 2 and all(p.name.startswith("replaced-") for p in asides)
+    assert [q.name for q in asides[1].iterdir()] == ["events.out.tfevents.2.host"]
+    assert len(list((tmp_path / "models").glob("replaced-*"))) == 2
+
+
+def test_two_fresh_starts_in_one_second_keep_both_earlier_runs(tmp_path, monkeypatch):
+    import medseg.runs
+
+    class FrozenClock(medseg.runs.datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(medseg.runs.datetime, "datetime", FrozenClock)
+    for loss in ("dice", "focal", "tversky"):
+        if (tmp_path / "models").exists():
+            fake_checkpoint(tmp_path)
+        folder(tmp_path, {"loss": loss}, resume=False).open().close()
+    asides = sorted((tmp_path / "models").glob("replaced-*"))
+    assert [p.name for p in asides] == ["replaced-20260101-120000", "replaced-20260101-120000-2"]
+    losses = [json.loads((p / "run_config.json").read_text())["config"]["loss"] for p in asides]
+    assert losses == ["dice", "focal"]
+
+
+@pytest.mark.parametrize("log_dir", [".", "..", "models"])
+def test_a_log_folder_holding_the_run_or_its_checkpoints_is_refused(tmp_path, log_dir):
+    root = tmp_path / "run"
+    run = RunFolder(root, root / "models", {"loss": "dice"}, resume=False, log_dirs=[root / log_dir])
+    with pytest.raises(RunFolderError, match=r"the log folder .* holds the (run|checkpoint) folder .*output_dir"):
+        run.open()
+    assert not (root / "run.lock").exists()
+
+
 def test_describe_tells_configs_apart_by_what_they_train(tmp_path, monkeypatch):
     def unet(channels):
         return UNet(3, 1, 9, channels=channels, strides=(2, 2))
