@@ -162,6 +162,41 @@ def test_cell_states_from_the_records(tmp_path, dataset):
     assert (state().state, state().detail) == ("failed", "RuntimeError: out of memory")
 
 
+def test_a_restart_of_the_same_job_resumes_and_an_error_is_recorded(tmp_path, dataset, monkeypatch):
+    (spec,) = tiny_grid(dataset, ["dice"]).runs()
+    cell = Cell(spec, tmp_path, dataset, {}, {"ce": 0.5, "dice": 0.5})
+    calls = []
+
+    def run_one(*args, resume, record, **kwargs):
+        calls.append((resume, record["job"]["attempt"]))
+        raise SystemExit(144)  # how submitit's requeue leaves a job (after the job recorded `requeued`)
+
+    monkeypatch.setattr(study, "run_one", run_one)
+    with pytest.raises(SystemExit):
+        run_cell(cell, "job-1")
+    assert records.read_state(tmp_path, spec)["state"] == "running"  # not `failed`: the job is being requeued
+    (spec.folder(tmp_path) / "models").mkdir(parents=True)
+    (spec.folder(tmp_path) / "models" / "last_checkpoint_epoch=3.pt").touch()
+    with pytest.raises(SystemExit):
+        run_cell(cell, "job-1")  # the same job started again: resume
+    with pytest.raises(SystemExit):
+        run_cell(cell, "job-2")  # a new job (a new submission): from scratch
+    assert calls == [(False, 1), (True, 2), (False, 1)]
+
+    def fails(*args, **kwargs):
+        raise FileNotFoundError("no image case7.nii.gz")
+
+    monkeypatch.setattr(study, "run_one", fails)
+    with pytest.raises(FileNotFoundError):
+        run_cell(cell, "job-3")
+    state = records.read_state(tmp_path, spec)
+    assert (state["job_id"], state["state"], state["error"]) == (
+        "job-3",
+        "failed",
+        "FileNotFoundError: no image case7.nii.gz",
+    )
+
+
 def test_status_shows_each_cell_with_its_log(tmp_path, dataset, capsys):
     grid = tiny_grid(dataset)
     first = grid.runs()[0]

@@ -124,7 +124,9 @@ def run_cell(cell: Cell, job_id: str, node: int = 0) -> dict[str, Any] | None:
             resume=resume, trainer=training, record={"job": job},
         )  # fmt: skip
     except (Exception, KeyboardInterrupt) as error:  # not SystemExit: submitit's requeue exits that way
-        records.write_state(cell.out, spec, job_id, "failed", attempt=attempt, error=f"{type(error).__name__}: {error}")
+        from medseg.console import error_message
+
+        records.write_state(cell.out, spec, job_id, "failed", attempt=attempt, error=error_message(error))
         raise
     records.write_state(cell.out, spec, job_id, "done", attempt=attempt)
     logger.info("job %s: done, %s", job_id, cell.folder / "done.json")
