@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from monai.networks.nets import UNet
 
 from medseg.engine import rebalance_schedule
-from medseg.runs import RunFolder, RunFolderError, config_hash, default_run_folder, describe
+from medseg.runs import LOCK_NAME, RunFolder, RunFolderError, config_hash, default_run_folder, describe
 from medseg.transforms import DistanceMapd
 
 
@@ -188,3 +189,12 @@ def test_medseg_train_folders_are_named_after_bundle_and_loss():
     assert default_run_folder("bundles/cityscapes_2d", "/home/me/my_loss.json").name == "cityscapes_2d-my_loss"
     assert default_run_folder("generic_3d", "dice", fold=2).name == "generic_3d-dice-fold2"
     assert default_run_folder("synapse_unet3d", "../../x/evil") == Path("runs") / "synapse_unet3d-evil"
+
+
+def test_the_lock_a_crashed_run_leaves_in_the_repository_root_is_ignored_by_git():
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    # a plain `monai.bundle run` uses bundle_root ".": a crash leaves run.lock there
+    ignored = subprocess.run(["git", "check-ignore", "-q", LOCK_NAME], cwd=root, check=False)
+    assert ignored.returncode == 0, f"{LOCK_NAME} in the repository root is not in .gitignore"
