@@ -40,9 +40,7 @@ def train_val_split(
     return train, val
 
 
-def kfold_split(
-    case_ids: Sequence[Hashable], fold: int, n_folds: int = 5, seed: int = SPLIT_SEED
-) -> tuple[list, list]:
+def kfold_split(case_ids: Sequence[Hashable], fold: int, n_folds: int = 5, seed: int = SPLIT_SEED) -> tuple[list, list]:
     """(train, validation) case ids of fold ``fold`` of ``n_folds``, as nnU-Net's 5-fold cross-validation.
 
     The sorted ids are permuted with ``seed`` and dealt into ``n_folds`` near-equal folds; fold ``k`` validates on
