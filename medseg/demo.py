@@ -57,12 +57,13 @@ def synthetic_shapes(n: int, size: int = 48, seed: int = 0) -> tuple[torch.Tenso
 
 
 def build_demo_loss(name: str) -> torch.nn.Module:
-    """The loss on logits: ``softmax=True`` where the loss has the flag; losses that read maps or features are
-    left to the bundles (they need a data pipeline)."""
+    """The loss on logits: ``softmax=True`` (``use_softmax=True`` for MONAI's focal flag) where the loss has the flag;
+    losses that read maps or features are left to the bundles (they need a data pipeline)."""
     info = loss_info(name)
     if info.aux_keys or "checkpoint" in inspect.signature(info.cls.__init__).parameters:
         raise ValueError(f"loss {name!r} reads {list(info.aux_keys) or 'a checkpoint'}: try it with a bundle")
-    kwargs = {"softmax": True} if "softmax" in inspect.signature(info.cls.__init__).parameters else {}
+    parameters = inspect.signature(info.cls.__init__).parameters
+    kwargs = {flag: True for flag in ("softmax", "use_softmax") if flag in parameters}
     if name == "gwdl":
         kwargs["dist_matrix"] = torch.ones(NUM_CLASSES, NUM_CLASSES) - torch.eye(NUM_CLASSES)
     return get_loss(name, **kwargs)

@@ -10,9 +10,9 @@ grow together, and asks whether each loss rises monotonically. Here:
 - a prediction is a pair of confident logits, background 0 and object :math:`\pm L` (so
   :math:`p_{object} = \sigma(\pm L)`), optionally blurred by a Gaussian of width ``soften`` voxels;
 - every loss is built from its registry entry (the class :func:`medseg.losses.get_loss` builds) with its
-  defaults, ``softmax=True`` where it takes one and the arguments of :data:`EXTRA_KWARGS`; the maps it reads from
-  ``aux`` come from :func:`medseg.transforms.distance_maps` of the target, in the mode the loss declares
-  (``map_mode``) or :data:`MAP_MODES` gives; the value and the gradient norm
+  defaults, ``softmax=True`` (or ``use_softmax=True``) where it takes one and the arguments of :data:`EXTRA_KWARGS`;
+  the maps it reads from ``aux`` come from :func:`medseg.transforms.distance_maps` of the target, in the mode the
+  loss declares (``map_mode``) or :data:`MAP_MODES` gives; the value and the gradient norm
   :math:`\lVert \partial L / \partial z \rVert_2` over all logits z are recorded per prediction, in float64;
 - a loss is *monotone* on an object when its value never falls as the overlap falls (:func:`is_monotone`).
 
@@ -239,7 +239,8 @@ def is_monotone(values: Sequence[float], rtol: float = MONOTONE_RTOL) -> bool:
 def loss_setup(info: LossInfo) -> LossSetup:
     """Constructor arguments and aux map modes for ``info``'s loss on this set-up.
 
-    ``softmax=True`` where the constructor takes ``softmax`` (the region losses' default is no activation), plus
+    ``softmax=True`` where the constructor takes ``softmax`` (the region losses' default is no activation) and
+    ``use_softmax=True`` where it takes that (MONAI's focal flag, whose default is the sigmoid), plus
     :data:`EXTRA_KWARGS`; each aux key must be a map key (``dist``, ``weight``) with a mode from the class's
     ``map_mode`` or :data:`MAP_MODES`.
 
@@ -249,7 +250,7 @@ def loss_setup(info: LossInfo) -> LossSetup:
             or a map key with no known mode.
     """
     parameters = inspect.signature(info.cls.__init__).parameters
-    kwargs = {"softmax": True} if "softmax" in parameters else {}
+    kwargs = {flag: True for flag in ("softmax", "use_softmax") if flag in parameters}
     kwargs |= EXTRA_KWARGS.get(info.name, {})
     required = [
         name
