@@ -97,13 +97,14 @@ class SubmititLauncher:
         resources: what each job asks for; ``timeout_min`` is required.
         cluster: ``slurm``, or ``local`` (submitit's ``LocalExecutor``: the same code path, jobs as processes here).
         wait: wait for the jobs (then the caller writes the tables); else return once they are submitted.
-        poll_s: seconds between looks at the jobs while waiting.
+        poll_s: seconds between looks at the jobs while waiting (None: 30 on SLURM, whose ``sacct`` is shared; 1
+            for local jobs).
     """
 
     resources: Resources
     cluster: str = "slurm"
     wait: bool = False
-    poll_s: float = 30.0
+    poll_s: float | None = None
 
     @property
     def waits(self) -> bool:
@@ -158,7 +159,8 @@ class SubmititLauncher:
     def _wait(self, cells: Sequence[Cell], jobs: Sequence[Any], log: Callable[[str], None]) -> None:
         failed = []
         by_job = {id(job): cell for job, cell in zip(jobs, cells, strict=True)}
-        for job in submitit.helpers.as_completed(jobs, poll_frequency=self.poll_s):
+        poll_s = self.poll_s or (30.0 if self.cluster == "slurm" else 1.0)
+        for job in submitit.helpers.as_completed(jobs, poll_frequency=poll_s):
             cell = by_job[id(job)]
             error = job.exception()
             if error is None:
