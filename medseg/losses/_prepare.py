@@ -15,8 +15,11 @@ from logits read as probabilities. ``other_act`` is the user's own choice and is
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +27,44 @@ from torch import nn
 from .registry import list_losses, registered_name
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+#: per (input, target) pair, the work that losses called inside :func:`shared_preparation` share; ``None`` outside
+_SHARED: ContextVar[dict[Any, Any] | None] = ContextVar("medseg_shared_prepare", default=None)
+
+
+@contextmanager
+def shared_preparation(log_softmax_first: bool = False) -> Iterator[None]:
+    """Within this block every loss prepares a given ``(input, target)`` pair once: the label checks, the ignore
+    mask, the softmax, the sigmoid and the one-hot target are computed by the first term that reads them and reused
+    by the others. Once a term has taken the log-softmax, the probabilities are its ``exp`` (one softmax for all;
+    a built-in compound runs its log-softmax term first; ``log_softmax_first`` takes the probabilities as the
+    ``exp`` of the log-softmax from the start, for terms in any order). The compounds and
+    :class:`~medseg.losses.CompoundLoss` run their terms in one. Nested blocks share the outer one's work; the cache
+    holds the tensors it is keyed on, so it ends with the block."""
+    token = _SHARED.set({"log_softmax_first": log_softmax_first}) if _SHARED.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SHARED.reset(token)
+
+
+def _shared_store(input: torch.Tensor, target: torch.Tensor) -> dict[Any, Any] | None:
+    scope = _SHARED.get()
+    if scope is None:
+        return None
+    # the store keeps the two tensors alive, so their ids cannot be reused while the block lasts
+    store = {"tensors": (input, target), "log_softmax_first": scope["log_softmax_first"]}
+    return scope.setdefault((id(input), id(target)), store)
+
+
+def _memo(store: dict[Any, Any] | None, key: Any, compute: Callable[[], Any]) -> Any:
+    if store is None:
+        return compute()
+    if key not in store:
+        store[key] = compute()
+    return store[key]
 
 
 class ShapeMismatchError(ValueError, AssertionError):
@@ -59,8 +100,10 @@ class Prepared:
         activation: str,
         other_act: Callable[[torch.Tensor], torch.Tensor] | None = None,
         loss_name: str = "the loss",
+        shared: dict[Any, Any] | None = None,
     ) -> None:
         self._full_logits = full_logits
+        self._shared = shared  # work shared with the other losses of a :func:`shared_preparation` block
         self._onehot = onehot  # full-C one-hot target when given one-hot, else built from labels on demand
         self._other_act = other_act
         self.labels = labels
@@ -72,6 +115,14 @@ class Prepared:
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return x if self._all_classes else x[:, self.classes[0] :]
+
+    @property
+    def shared(self) -> bool:
+        """Prepared inside a :func:`shared_preparation` block: terms of one compound share the activations."""
+        return self._shared is not None
+
+    def _full_log_softmax(self) -> torch.Tensor:
+        return _memo(self._shared, "log_softmax", lambda: torch.log_softmax(self._full_logits, 1))
 
     @property
     def logits(self) -> torch.Tensor:
@@ -86,9 +137,12 @@ class Prepared:
     def probs(self) -> torch.Tensor:
         x = self._full_logits
         if self.activation == "softmax":
-            return self._keep(torch.softmax(x, 1))
+            shared = self._shared
+            if shared is not None and (shared["log_softmax_first"] or "log_softmax" in shared):  # one softmax: exp
+                return self._keep(_memo(shared, "softmax", lambda: self._full_log_softmax().exp()))
+            return self._keep(_memo(self._shared, "softmax", lambda: torch.softmax(x, 1)))
         if self.activation == "sigmoid":
-            return self._keep(torch.sigmoid(x))
+            return self._keep(_memo(self._shared, "sigmoid", lambda: torch.sigmoid(x)))
         if self.activation == "other":
             return self._keep(self._other_act(x).to(x.dtype))
         if x.shape[1] == 1:
@@ -98,20 +152,27 @@ class Prepared:
     @cached_property
     def log_probs(self) -> torch.Tensor:
         if self.activation == "softmax":
-            return self._keep(torch.log_softmax(self._full_logits, 1))
+            return self._keep(self._full_log_softmax())
         if self.activation == "sigmoid":
-            return nn.functional.logsigmoid(self.logits)
+            return self._keep(_memo(self._shared, "logsigmoid", lambda: nn.functional.logsigmoid(self._full_logits)))
         return torch.log(self.probs.clamp_min(1e-12))
 
     @cached_property
     def log_one_minus_probs(self) -> torch.Tensor:
         """log(1 − p), the negatives' term of a binary cross-entropy; from the logits for the sigmoid (stable)."""
         if self.activation == "sigmoid":
-            return nn.functional.logsigmoid(-self.logits)
+            full = _memo(self._shared, "logsigmoid_neg", lambda: nn.functional.logsigmoid(-self._full_logits))
+            return self._keep(full)
         return torch.log((1.0 - self.probs).clamp_min(1e-12))
 
     @cached_property
     def target(self) -> torch.Tensor:
+        """The target of the kept classes (shared by the terms of a block: assign, never modify in place)."""
+        # labels and mask are themselves shared per ignore_index: their ids tell the targets of a block apart
+        key = ("target", self._full_logits.dtype, tuple(self.classes), id(self.labels), id(self.mask), id(self._onehot))
+        return _memo(self._shared, key, self._build_target)
+
+    def _build_target(self) -> torch.Tensor:
         dtype = self._full_logits.dtype
         if self._onehot is not None:
             onehot = self._keep(self._onehot.to(dtype))
@@ -420,36 +481,21 @@ def prepare(
     is_label_map = target.shape[1] == 1 and (
         num_classes > 1 or not target.is_floating_point() or ignore_index is not None
     )
-    mask: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
+    store = _shared_store(input, target)
     onehot: torch.Tensor | None = None
     if is_label_map:
-        _check_integer_labels(target, max(num_classes, 2), ignore_index)
-        labels = target[:, 0].long()
-        if ignore_index is not None:
-            keep = labels != ignore_index
-            mask = keep.unsqueeze(1).to(logits.dtype)
-            labels = torch.where(keep, labels, torch.zeros_like(labels))
+        labels, mask = _memo(
+            store,
+            ("label_map", ignore_index, logits.dtype),
+            lambda: _label_map(target, num_classes, ignore_index, logits.dtype),
+        )
     else:
         onehot = target
-        soft = _check_one_hot(onehot, soft_targets, loss_name)
-        if ignore_index is not None:
-            if 0 <= ignore_index < num_classes and num_classes > 1:
-                keep = onehot[:, ignore_index] == 0
-            else:
-                keep = onehot.sum(1) > 0
-            mask = keep.unsqueeze(1).to(logits.dtype)
-        if softmax and num_classes > 1 and not soft:
-            sums = onehot.sum(1, keepdim=True)
-            bad = sums != 1 if mask is None else (sums != 1) & (mask > 0)
-            if not bad.any():
-                labels = onehot.argmax(1)  # exclusive classes: the label map, for the losses that read it
-            elif not soft_targets:
-                raise ValueError(
-                    f"{loss_name}: the one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other "
-                    "than 1, so they have no class (to leave all-zero voxels out, pass an ignore_index outside "
-                    "0..C-1)"
-                )
+        labels, mask = _memo(
+            store,
+            ("one_hot", ignore_index, logits.dtype, soft_targets, softmax),
+            lambda: _one_hot_labels(target, num_classes, ignore_index, logits.dtype, softmax, soft_targets, loss_name),
+        )
 
     if to_onehot_y and num_classes == 1:
         warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
@@ -476,4 +522,49 @@ def prepare(
             warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=3)
         else:
             classes = classes[1:]
-    return Prepared(logits, labels, onehot, mask, classes, activation, other_act, loss_name)
+    return Prepared(logits, labels, onehot, mask, classes, activation, other_act, loss_name, store)
+
+
+def _label_map(
+    target: torch.Tensor, num_classes: int, ignore_index: int | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Checked ``(B, *spatial)`` labels (ignored voxels set to 0) and the ignore mask of a label-map target."""
+    _check_integer_labels(target, max(num_classes, 2), ignore_index)
+    labels = target[:, 0].long()
+    if ignore_index is None:
+        return labels, None
+    keep = labels != ignore_index
+    return torch.where(keep, labels, torch.zeros_like(labels)), keep.unsqueeze(1).to(dtype)
+
+
+def _one_hot_labels(
+    onehot: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None,
+    dtype: torch.dtype,
+    softmax: bool,
+    soft_targets: bool,
+    loss_name: str,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Check a one-hot target; return its label map (exclusive classes under softmax, else ``None``) and mask."""
+    soft = _check_one_hot(onehot, soft_targets, loss_name)
+    mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    if ignore_index is not None:
+        if 0 <= ignore_index < num_classes and num_classes > 1:
+            keep = onehot[:, ignore_index] == 0
+        else:
+            keep = onehot.sum(1) > 0
+        mask = keep.unsqueeze(1).to(dtype)
+    if softmax and num_classes > 1 and not soft:
+        sums = onehot.sum(1, keepdim=True)
+        bad = sums != 1 if mask is None else (sums != 1) & (mask > 0)
+        if not bad.any():
+            labels = onehot.argmax(1)  # exclusive classes: the label map, for the losses that read it
+        elif not soft_targets:
+            raise ValueError(
+                f"{loss_name}: the one-hot target is not one-hot: {int(bad.sum())} voxels have channel sums other "
+                "than 1, so they have no class (to leave all-zero voxels out, pass an ignore_index outside "
+                "0..C-1)"
+            )
+    return labels, mask

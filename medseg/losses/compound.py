@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._prepare import Prepared, SegmentationLoss, class_weight_tensor, describe_loss, reduce
+from ._prepare import Prepared, SegmentationLoss, class_weight_tensor, describe_loss, reduce, shared_preparation
 from .pixel import CrossEntropyLoss, FocalLoss
 from .region import DiceLoss
 from .registry import get_loss, register
@@ -147,16 +147,20 @@ class DiceCELoss(nn.Module):
         return terms.sum() / prep.voxel_count().sum().clamp_min(1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice = self.dice(input, target)
+        with shared_preparation():  # one label check, softmax and one-hot for both terms
+            return self._terms(input, target)
+
+    def _terms(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.shape[1] == 1:
-            return self.lambda_dice * dice + self.lambda_ce * self.binary_ce(input, target)
+            ce = self.binary_ce(input, target)
+            return self.lambda_dice * self.dice(input, target) + self.lambda_ce * ce
         if self.pos_weight is not None and self.pos_weight.numel() == 1:
             raise ValueError(
                 f"a single weight is the positive-class weight of a one-channel input; the input has "
                 f"{input.shape[1]} channels, so give one weight per class"
             )
-        ce = self.cross_entropy(input, target)
-        return self.lambda_dice * dice + self.lambda_ce * ce
+        ce = self.cross_entropy(input, target)  # first: the Dice term's probabilities are the exp of its log-softmax
+        return self.lambda_dice * self.dice(input, target) + self.lambda_ce * ce
 
 
 @register("dice_focal", "compound", "MONAI DiceFocalLoss; Zhu et al., AnatomyNet, Medical Physics 2019")
@@ -238,7 +242,9 @@ class DiceFocalLoss(nn.Module):
         self.lambda_focal = float(lambda_focal)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_dice * self.dice(input, target) + self.lambda_focal * self.focal(input, target)
+        with shared_preparation():  # one label check, activation and one-hot for both terms (log-softmax first)
+            focal = self.focal(input, target)
+            return self.lambda_dice * self.dice(input, target) + self.lambda_focal * focal
 
 
 @register("combo", "compound", "Taghanaki et al., Combo loss, Computerized Medical Imaging and Graphics 2019")
@@ -303,20 +309,22 @@ class ComboLoss(SegmentationLoss):
     def weighted_ce(self, prep: Prepared) -> torch.Tensor:
         """β-weighted binary CE per item and class ``(B, C')`` (``(C',)`` with ``batch=True``)."""
         g = prep.target
+        log_p = prep.log_probs  # before the probabilities: in a shared block they are its exp (one softmax)
         if prep.activation == "sigmoid":
             log_not_p = nn.functional.logsigmoid(-prep.logits)
         else:  # 1 - p can round to 0 for a confident class: keep the log finite
             p = prep.probs
             log_not_p = torch.log1p(-p.clamp(max=1.0 - torch.finfo(p.dtype).eps))
-        terms = prep.masked(-(self.beta * g * prep.log_probs + (1.0 - self.beta) * (1.0 - g) * log_not_p))
+        terms = prep.masked(-(self.beta * g * log_p + (1.0 - self.beta) * (1.0 - g) * log_not_p))
         counted = prep.voxel_count()
         if self.batch:
             return terms.sum([0, *prep.spatial_dims]) / counted.sum().clamp_min(1)
         return terms.sum(prep.spatial_dims) / counted.clamp_min(1).unsqueeze(1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = self.weighted_ce(self.prepare(input, target))
-        loss = self.alpha * ce + (1.0 - self.alpha) * self.dice.per_class(input, target)
+        with shared_preparation():  # the Dice term reuses the CE term's preparation
+            ce = self.weighted_ce(self.prepare(input, target))
+            loss = self.alpha * ce + (1.0 - self.alpha) * self.dice.per_class(input, target)
         if self.batch and self.reduction == "none":
             loss = loss.unsqueeze(0)
         return reduce(loss, self.reduction, input.ndim - 2)
@@ -604,15 +612,16 @@ class CompoundLoss(nn.Module):
             raise ValueError(f"aux tensors {unread} are read by no term (terms read: {list(self.aux_keys) or 'none'})")
         total: torch.Tensor | None = None
         values: dict[str, torch.Tensor] = {}
-        for name, term in self.terms.items():
-            value = term(input, target, **{key: aux[key] for key in self.term_aux_keys[name] if key in aux})
-            if value.ndim != 0:
-                raise ValueError(
-                    f"term {name!r} returned shape {tuple(value.shape)}; CompoundLoss needs scalar terms "
-                    "(reduction 'mean' or 'sum')"
-                )
-            values[name] = value.detach()
-            weighted = self._weights[name] * value
-            total = weighted if total is None else total + weighted
+        with shared_preparation(log_softmax_first=True):  # the terms share checks, one softmax, one-hot targets
+            for name, term in self.terms.items():
+                value = term(input, target, **{key: aux[key] for key in self.term_aux_keys[name] if key in aux})
+                if value.ndim != 0:
+                    raise ValueError(
+                        f"term {name!r} returned shape {tuple(value.shape)}; CompoundLoss needs scalar terms "
+                        "(reduction 'mean' or 'sum')"
+                    )
+                values[name] = value.detach()
+                weighted = self._weights[name] * value
+                total = weighted if total is None else total + weighted
         self.last_values = values
         return total

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch.nn.functional import logsigmoid
+from torch.nn.functional import logsigmoid, nll_loss
 
 from ._aux import checked_map
 from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, prepare
@@ -112,14 +112,18 @@ class CrossEntropyLoss(SegmentationLoss):
         if prep.activation == "softmax" and prep.labels is not None:
             # torch's fused kernel: same definition, one pass, no one-hot
             labels = prep.labels if prep.mask is None else torch.where(prep.mask[:, 0] > 0, prep.labels, -100)
-            loss = torch.nn.functional.cross_entropy(
-                prep.logits,
-                labels,
-                w,
-                ignore_index=-100,
-                reduction="sum" if self.reduction == "mean" else self.reduction,
-                label_smoothing=self.label_smoothing,
-            )
+            torch_reduction = "sum" if self.reduction == "mean" else self.reduction
+            if prep.shared and self.label_smoothing == 0:  # cross_entropy = nll_loss(log_softmax): the block's one
+                loss = nll_loss(prep.log_probs, labels, w, ignore_index=-100, reduction=torch_reduction)
+            else:
+                loss = torch.nn.functional.cross_entropy(
+                    prep.logits,
+                    labels,
+                    w,
+                    ignore_index=-100,
+                    reduction=torch_reduction,
+                    label_smoothing=self.label_smoothing,
+                )
             if self.reduction != "mean":
                 return loss
             # torch's weighted mean (Σ loss / Σ w of each voxel's class), but 0 rather than NaN when nothing counts
@@ -156,6 +160,8 @@ def voxel_nll(prep: Prepared) -> torch.Tensor:
     if prep.binary:
         return prep.masked(voxel_cross_entropy(prep))[:, 0]
     labels = prep.labels if prep.mask is None else torch.where(prep.mask[:, 0] > 0, prep.labels, -100)
+    if prep.shared:  # the log-softmax of the shared_preparation block
+        return nll_loss(prep.log_probs, labels, ignore_index=-100, reduction="none")
     return torch.nn.functional.cross_entropy(prep.logits, labels, ignore_index=-100, reduction="none")
 
 
