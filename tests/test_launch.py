@@ -196,6 +196,14 @@ def test_a_restart_of_the_same_job_resumes_and_an_error_is_recorded(tmp_path, da
         "FileNotFoundError: no image case7.nii.gz",
     )
 
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_one", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell, "job-4")
+    assert records.cell_state(tmp_path, spec).state == "interrupted"  # Ctrl-C: redone, like a stopped study
+
 
 def test_status_shows_each_cell_with_its_log(tmp_path, dataset, capsys):
     grid = tiny_grid(dataset)

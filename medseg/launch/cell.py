@@ -91,7 +91,8 @@ def make_cells(
 
 
 def run_cell(cell: Cell, job_id: str, node: int = 0) -> dict[str, Any] | None:
-    """Run ``cell`` as job ``job_id``: its record says ``running``, then ``done`` or ``failed`` (the error).
+    """Run ``cell`` as job ``job_id``: its record says ``running``, then ``done``, ``failed`` (the error) or
+    ``interrupted`` (Ctrl-C).
 
     A restart of the same job (its ``state.json`` names ``job_id``) resumes from the run folder's checkpoints
     when there are any. ``node`` > 0 (another node of a multi-node job) runs only its share of the training.
@@ -126,7 +127,8 @@ def run_cell(cell: Cell, job_id: str, node: int = 0) -> dict[str, Any] | None:
     except (Exception, KeyboardInterrupt) as error:  # not SystemExit: submitit's requeue exits that way
         from medseg.console import error_message
 
-        records.write_state(cell.out, spec, job_id, "failed", attempt=attempt, error=error_message(error))
+        ended = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        records.write_state(cell.out, spec, job_id, ended, attempt=attempt, error=error_message(error))
         raise
     records.write_state(cell.out, spec, job_id, "done", attempt=attempt)
     logger.info("job %s: done, %s", job_id, cell.folder / "done.json")

@@ -54,7 +54,10 @@ class CheckpointableCell(submitit.helpers.Checkpointable):
         with console(verbose=True):
             summary = run_cell(self.cell, env.job_id, node=env.node)
             if summary is not None and self.grid is not None:
-                write_tables_when_complete(self.grid, self.cell.out)
+                try:
+                    write_tables_when_complete(self.grid, self.cell.out)
+                except Exception:  # the cell is done all the same; --tables-only writes them again
+                    logger.exception("the grid is complete, but writing its tables failed (try --tables-only)")
         return summary
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -7,8 +7,8 @@ that redoing a run (which deletes its run folder) keeps them. Both are written a
 * ``submission.json``, by the launcher: the launcher, the job's id, its log, the process that holds the job until
   it starts (the launcher itself, submitit's local controller) and when.
 * ``state.json``, by the job: ``running`` (host, pid, attempt), ``requeued`` (preempted or timed out: submitted
-  again), ``done`` or ``failed`` (the error). It counts only when it names the submission's job id; a launcher
-  removes it before it submits, so a new job never inherits an old job's state.
+  again), ``done``, ``failed`` (the error) or ``interrupted`` (Ctrl-C). It counts only when it names the
+  submission's job id; a launcher removes it before it submits, so a new job never inherits an old job's state.
 
 :func:`cell_state` combines them with the run folder (``done.json``: :func:`medseg.study.run_status`) and with
 whether the job still exists (the recorded process on this machine; SLURM's ``sacct`` through submitit):
@@ -200,8 +200,8 @@ def cell_state(
     if folder_state in ("done", "stale"):
         return CellState(folder_state, job_id, attempt, log)
     recorded = state["state"] if state else "queued"
-    if recorded == "failed":
-        return CellState("failed", job_id, attempt, log, str(state.get("error", "")))
+    if recorded in ("failed", "interrupted"):
+        return CellState(recorded, job_id, attempt, log, str(state.get("error", "")))
     if recorded == "done":  # the job finished, yet done.json is gone: deleted since
         return CellState(folder_state, job_id, attempt, log, "done.json removed after the job finished")
     slurm = slurm if slurm is not None else slurm_states([submission])
