@@ -366,6 +366,9 @@ class FocalLoss(SegmentationLoss):
             # MONAI's rule: without background the softmax runs over the kept classes only
             log_p = prep.log_probs if self.include_background else torch.log_softmax(prep.logits, 1)
             terms = -g * (1 - log_p.exp()).pow(self.gamma) * log_p
+        elif prep.labels is not None:  # 0/1 targets: p_t = σ(s) with the signed logit s = x for positives, −x else
+            signed = torch.where(g > 0, prep.logits, -prep.logits)
+            terms = -torch.sigmoid(-signed).pow(self.gamma) * logsigmoid(signed)  # fewer passes, same terms
         else:
             x = prep.logits
             log_pt = g * logsigmoid(x) + (1 - g) * logsigmoid(-x)
