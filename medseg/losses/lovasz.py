@@ -2,7 +2,10 @@
 
 The Jaccard loss of a class is a submodular function of the set of mispredicted voxels; its Lovász extension
 evaluated at the vector of voxel errors is piecewise linear, exact at 0/1 errors, and is computed by sorting the
-errors in decreasing order. All classes (and images) are rows of one tensor sorted in a single ``torch.sort``.
+errors in decreasing order. Only part of each row needs sorting: once every foreground voxel has been passed, the
+remaining (background) voxels have weight 0, so the voxels sorted are the foreground and the background voxels whose
+error is at least the smallest foreground error (a custom autograd function sorts them once and reuses the order
+for the analytic gradient).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, reduce
 from .registry import register
@@ -26,7 +30,7 @@ def lovasz_jaccard_weights(sorted_foreground: torch.Tensor) -> torch.Tensor:
     :math:`k` largest errors taken as the mispredicted set :math:`M_k`,
     :math:`J_k = 1 - \frac{|F| - \sum_{i \le k} g_i}{|F| + \sum_{i \le k} (1 - g_i)} = \frac{|M_k|}{|F \cup M_k|}`
     and :math:`J_0 = 0`. The denominator is at least 1 (a row without foreground starts with a non-foreground
-    voxel), so the weights are always finite.
+    voxel), so the weights are always finite. (The losses use the same weights in closed form, :func:`_row_weights`.)
     """
     foreground_total = sorted_foreground.sum(-1, keepdim=True)
     intersection = foreground_total - sorted_foreground.cumsum(-1)
@@ -35,22 +39,137 @@ def lovasz_jaccard_weights(sorted_foreground: torch.Tensor) -> torch.Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
+def _errors(values: torch.Tensor, foreground: torch.Tensor, kind: str) -> torch.Tensor:
+    """Voxel errors: ``|g - p|`` of probabilities (``"softmax"``), ``max(0, 1 - z (2g - 1))`` of logits
+    (``"hinge"``), or the values themselves (``"errors"``)."""
+    if kind == "softmax":
+        return torch.where(foreground, 1.0 - values, values)
+    if kind == "hinge":
+        return torch.where(foreground, 1.0 - values, 1.0 + values).clamp_min_(0.0)
+    return values
+
+
+def _sorted_descending(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``errors`` (non-negative) in decreasing order, and the order.
+
+    Float32 errors are sorted as int32 keys (a non-negative float's bits order like the float, and torch sorts
+    integers several times faster than floats), read back without a gather; other dtypes sort as they are.
+    """
+    if errors.dtype != torch.float32:
+        return torch.sort(errors, descending=True)
+    low = 2**31 - 1
+    keys, order = torch.sort(low - errors.view(torch.int32))
+    return (low - keys).view(torch.float32), order
+
+
+def _row_weights(sorted_foreground: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    r"""The weights :math:`J_k - J_{k-1}` of one row's head of the order (``total`` = :math:`|F| \ge 1`), in closed
+    form, free of the cancellation of differencing :math:`J`: with :math:`a_k` foreground and :math:`b_k` other
+    voxels among the first k, a foreground voxel adds :math:`1 / (|F| + b_k)`, another voxel
+    :math:`(|F| - a_k) / ((|F| + b_k - 1)(|F| + b_k))`."""
+    exact = torch.float32 if sorted_foreground.shape[0] < 2**24 and dtype != torch.float64 else torch.float64
+    a = sorted_foreground.cumsum(0, dtype=exact)
+    union = torch.arange(1, a.shape[0] + 1, dtype=exact, device=a.device) - a + total  # |F| + b_k
+    other = (total - a) / (union * (union - 1))  # union - 1 >= |F| >= 1 after a non-foreground voxel
+    return torch.where(sorted_foreground, union.reciprocal(), other).to(dtype)
+
+
+def _row_terms(
+    errors: torch.Tensor, foreground: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """One row's loss, the voxels with a weight (positions, sorted) and their weights, negated on foreground
+    voxels (where the error falls as the value rises); None when no voxel has a weight.
+
+    With foreground, a background voxel whose error is below the smallest foreground error comes after every
+    foreground voxel, where the Jaccard loss no longer changes: it weighs nothing and moves nobody's weight, so it
+    is not sorted; voxels with error 0 add nothing either. Without foreground the Jaccard loss is a 0/1 step, whose
+    extension is the largest error (weight 1).
+    """
+    total = int(foreground.sum())
+    if total == 0:
+        index = errors.argmax().view(1)
+        top = errors.index_select(0, index)
+        return (top[0], index, torch.ones(1, dtype=dtype, device=errors.device)) if top[0] > 0 else None
+    threshold = errors.masked_select(foreground).min()
+    kept = (errors >= threshold) | foreground
+    if threshold <= 0:
+        kept &= errors > 0
+    index = kept.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return None
+    sorted_errors, order = _sorted_descending(errors.index_select(0, index))
+    sorted_foreground = foreground.index_select(0, index).index_select(0, order)
+    weight = _row_weights(sorted_foreground, total, dtype)
+    loss = torch.dot(sorted_errors.double(), weight.double())  # float64: up to millions of small terms
+    return loss, index.index_select(0, order), torch.where(sorted_foreground, -weight, weight)
+
+
+class _LovaszRows(torch.autograd.Function):
+    """Per-row Lovász extension of the Jaccard loss (:func:`_row_terms`), with the analytic gradient.
+
+    Rows are ``(b, c)`` pairs (``per_image``) or classes over the whole batch, each processed on its own so that
+    its temporaries stay small. The order found in the forward pass is kept: the gradient with respect to a sorted
+    voxel's error is its weight, and the error's derivative with respect to the value is -1 on foreground voxels
+    and +1 elsewhere (``softmax`` and ``hinge``, where the error is positive; +1 for ``errors``).
+    """
+
+    @staticmethod
+    def forward(ctx, values, foreground, valid, per_image: bool, kind: str):
+        batch, classes, size = values.shape
+        items = [slice(b, b + 1) for b in range(batch)] if per_image else [slice(None)]
+        losses = values.new_zeros(len(items), classes)
+        positions, weights, rows = [], [], []
+        for row_item, item in enumerate(items):
+            for c in range(classes):
+                row_foreground = foreground[item, c]
+                errors = _errors(values[item, c], row_foreground, kind)
+                if valid is not None:
+                    errors = errors.masked_fill(~valid[item, 0], 0.0)
+                terms = _row_terms(errors.reshape(-1), row_foreground.reshape(-1), values.dtype)
+                if terms is None:
+                    continue
+                losses[row_item, c], index, weight = terms
+                if per_image:  # one item: the row is contiguous in the flat (B, C, N) tensor
+                    positions.append(index + (item.start * classes + c) * size)
+                else:  # every item: voxel n of item b sits at (b C + c) N + n
+                    positions.append(index + (index // size * (classes - 1) + c) * size)
+                weights.append(weight.abs() if kind == "errors" else weight)
+                rows.append(row_item * classes + c)
+        ctx.shape, ctx.dtype, ctx.rows = values.shape, values.dtype, rows
+        ctx.save_for_backward(*positions, *weights)
+        return losses
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        saved, count = ctx.saved_tensors, len(ctx.rows)
+        grad_values = grad.new_zeros(ctx.shape, dtype=ctx.dtype)
+        flat, row_grads = grad_values.view(-1), grad.reshape(-1)
+        for row, position, weight in zip(ctx.rows, saved[:count], saved[count:], strict=True):
+            flat.index_copy_(0, position, weight * row_grads[row])
+        return grad_values, None, None, None, None
+
+
+def _lovasz_rows(
+    values: torch.Tensor, foreground: torch.Tensor, valid: torch.Tensor | None, per_image: bool, kind: str
+) -> torch.Tensor:
+    """Per-row Lovász extension ``(B or 1, C)`` of ``(B, C, *spatial)`` probabilities (or logits, ``"hinge"``)."""
+    values = values.flatten(2)
+    foreground = foreground.flatten(2) > 0
+    valid = None if valid is None else valid.flatten(2) > 0
+    return _LovaszRows.apply(values, foreground, valid, per_image, kind)
+
+
 def lovasz_extension(errors: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
     r"""Lovász extension of the Jaccard loss at ``errors``: :math:`\sum_k e_{(k)} (J_k - J_{k-1})` per row.
 
-    ``errors`` and ``foreground`` are ``(..., N)``; every row (class, image) is sorted in one batched call and the
-    result is ``(...)``. Voxels with error 0 and no foreground (ignored voxels) sort last and add nothing.
+    ``errors`` (non-negative) and ``foreground`` are ``(..., N)``; the result is ``(...)``. Every row is sorted
+    on its own, and only where it matters (the foreground, and the background voxels with at least the smallest
+    foreground error).
     """
-    sorted_errors, order = torch.sort(errors, dim=-1, descending=True)
-    weights = lovasz_jaccard_weights(foreground.gather(-1, order))
-    return (sorted_errors * weights).sum(-1)
-
-
-def _rows(x: torch.Tensor, per_image: bool) -> torch.Tensor:
-    """``(B, C, *spatial)`` -> ``(B, C, N)`` per image, or ``(1, C, B*N)`` for the whole batch."""
-    if per_image:
-        return x.flatten(2)
-    return x.transpose(0, 1).flatten(1).unsqueeze(0)
+    rows = errors.reshape(-1, 1, errors.shape[-1])
+    foreground = foreground.reshape(rows.shape) > 0
+    return _LovaszRows.apply(rows, foreground, None, True, "errors").view(errors.shape[:-1])
 
 
 @register("lovasz", "region", "Berman, Rannen Triki, Blaschko, The Lovász-Softmax loss, CVPR 2018")
@@ -135,14 +254,15 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
         columns = self._columns(prep)
-        probs = prep.probs[:, columns]
-        foreground = prep.target[:, columns].to(probs.dtype)
-        errors = prep.masked((foreground - probs).abs())
-        foreground_rows = _rows(foreground, self.per_image)
-        per_class = lovasz_extension(_rows(errors, self.per_image), foreground_rows)
+        every = columns == list(range(len(prep.classes)))
+        probs = prep.probs if every else prep.probs[:, columns]
+        foreground = prep.target if every else prep.target[:, columns]
+        per_class = _lovasz_rows(probs, foreground, prep.mask, self.per_image, "softmax")
+        present = foreground.flatten(2).any(-1)
+        present = present if self.per_image else present.any(0, keepdim=True)
 
         scored = torch.zeros(per_class.shape[0], len(prep.classes), dtype=torch.bool, device=per_class.device)
-        scored[:, columns] = foreground_rows.sum(-1) > 0 if self.classes == "present" else True
+        scored[:, columns] = present if self.classes == "present" else True
         terms = per_class.new_zeros(scored.shape)
         terms[:, columns] = per_class
         terms = apply_class_weight(terms, self.class_weight) * scored
@@ -196,7 +316,5 @@ class LovaszHingeLoss(SegmentationLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        foreground = prep.target.to(prep.logits.dtype)
-        hinge_errors = prep.masked(torch.relu(1.0 - prep.logits * (2.0 * foreground - 1.0)))
-        terms = lovasz_extension(_rows(hinge_errors, self.per_image), _rows(foreground, self.per_image))
+        terms = _lovasz_rows(prep.logits, prep.target, prep.mask, self.per_image, "hinge")
         return reduce(terms, self.reduction, input.ndim - 2)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import kornia
 import pytest
@@ -148,18 +150,117 @@ def test_background_only_image_in_small_batch():
     assert value.item() == 0.0 and torch.all(logits.grad == 0)
 
 
-def test_softmax_sorts_all_classes_in_one_call(monkeypatch):
-    calls = []
+def test_softmax_sorts_only_the_voxels_that_carry_weight(monkeypatch):
+    # one image, class 1 of 6 voxels: foreground errors 0.2, 0.6; background errors (p1) 0.3, 0.1, 0.05, 0.2.
+    # After the last foreground voxel (error 0.2) the Jaccard loss stops changing: background voxels with smaller
+    # errors (0.1, 0.05) weigh nothing and are not sorted; the tie at 0.2 is kept. Class 0 (the complement) has
+    # foreground errors 0.3, 0.1, 0.05, 0.2 (smallest 0.05): all six voxels count.
+    sizes = []
     original_sort = torch.sort
 
-    def counting_sort(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original_sort(*args, **kwargs)
+    def recording_sort(values, *args, **kwargs):
+        sizes.append(values.numel())
+        return original_sort(values, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "sort", counting_sort)
-    logits, labels = torch.randn(2, 5, 4, 4, 4), torch.randint(0, 5, (2, 1, 4, 4, 4))
-    LovaszSoftmaxLoss(per_image=True, classes="all")(logits, labels)
-    assert calls == [torch.Size([2, 5, 64])]
+    monkeypatch.setattr(torch, "sort", recording_sort)
+    p1 = torch.tensor([0.8, 0.4, 0.3, 0.1, 0.05, 0.2], dtype=torch.float64)
+    probs = torch.stack([1 - p1, p1]).view(1, 2, 1, 6)
+    labels = torch.tensor([1, 1, 0, 0, 0, 0]).view(1, 1, 1, 6)
+    loss = LovaszSoftmaxLoss(softmax=False, reduction="none")(probs, labels).flatten()
+    assert sorted(sizes) == [4, 6]
+    monkeypatch.setattr(torch, "sort", original_sort)
+    for c in (0, 1):
+        errors = (labels.flatten() == c).double() - probs[0, c].flatten()
+        assert abs(loss[c].item() - lovasz_by_sets(errors.abs().tolist(), (labels.flatten() == c).tolist())) < 1e-12
+
+
+def dense_lovasz_softmax(probs, labels, per_image, ignore_index=None):
+    """The reference algorithm (Berman's lovasz_softmax): every voxel of every class sorted, autograd through it."""
+    batch, num_classes = probs.shape[:2]
+    groups = [[b] for b in range(batch)] if per_image else [list(range(batch))]
+    group_losses = []
+    for group in groups:
+        p = probs[group].movedim(1, -1).reshape(-1, num_classes)
+        y = labels[group].reshape(-1)
+        if ignore_index is not None:
+            p, y = p[y != ignore_index], y[y != ignore_index]
+        losses = []
+        for c in range(num_classes):
+            fg = (y == c).to(p.dtype)
+            if fg.sum() == 0:
+                continue
+            errors, order = torch.sort((fg - p[:, c]).abs(), descending=True)
+            fg_sorted = fg[order]
+            total = fg_sorted.sum()
+            jaccard = 1 - (total - fg_sorted.cumsum(0)) / (total + (1 - fg_sorted).cumsum(0))
+            weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+            losses.append(torch.dot(errors, weights))
+        if losses:
+            group_losses.append(torch.stack(losses).mean())
+    return torch.stack(group_losses).mean()
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_values_and_gradients_match_the_dense_reference(per_image):
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 4, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (3, 1, 9, 11), generator=g)
+    labels[1, 0, :3] = 255
+    ours = LovaszSoftmaxLoss(per_image=per_image, ignore_index=255)(logits, labels)
+    (ours_grad,) = torch.autograd.grad(ours, logits)
+    reference = dense_lovasz_softmax(logits.softmax(1), labels, per_image, ignore_index=255)
+    (reference_grad,) = torch.autograd.grad(reference, logits)
+    assert abs(ours.item() - reference.item()) < 1e-12
+    torch.testing.assert_close(ours_grad, reference_grad, atol=1e-12, rtol=0)
+
+
+def test_ties_give_the_set_definition_value():
+    # probabilities on a coarse grid: many voxels share an error, inside and across foreground and background
+    g = torch.Generator().manual_seed(12)
+    probs = torch.randint(0, 5, (2, 3, 6, 7), generator=g).double() + 0.5
+    probs = probs / probs.sum(1, keepdim=True)
+    labels = torch.randint(0, 3, (2, 1, 6, 7), generator=g)
+    for per_image in (False, True):
+        ours = LovaszSoftmaxLoss(softmax=False, per_image=per_image)(probs, labels)
+        expected = reference_lovasz_softmax(probs, labels, per_image, "present")
+        assert abs(ours.item() - expected) < 1e-12
+
+
+def test_float32_sums_of_large_rows_stay_exact():
+    # a row of 180 000 voxels: its weighted sum adds up in float64 (a float32 running sum drifts by 1e-4)
+    g = torch.Generator().manual_seed(13)
+    logits = torch.randn(2, 3, 300, 300, generator=g)
+    labels = torch.randint(0, 3, (2, 1, 300, 300), generator=g)
+    for loss in (LovaszSoftmaxLoss(), LovaszHingeLoss()):
+        single, double = loss(logits, labels), loss(logits.double(), labels)
+        assert abs(single.item() - double.item()) < 2e-6 * abs(double.item()), type(loss).__name__
+
+
+def toolbelt_lovasz():
+    """pytorch-toolbelt's Lovász module (Berman's reference code), loaded from its file: the package's own
+    __init__ needs OpenCV."""
+    spec = importlib.util.find_spec("pytorch_toolbelt")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pytorch_toolbelt is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "losses" / "lovasz.py"
+    module_spec = importlib.util.spec_from_file_location("toolbelt_lovasz", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_matches_pytorch_toolbelt_softmax_and_hinge():
+    reference = toolbelt_lovasz()
+    g = torch.Generator().manual_seed(14)
+    logits = torch.randn(2, 4, 40, 30, generator=g)
+    labels = torch.randint(0, 4, (2, 1, 40, 30), generator=g)
+    labels[0, 0, :5] = 255
+    theirs = reference._lovasz_softmax(logits.softmax(1), labels[:, 0], per_image=False, ignore_index=255)
+    ours = LovaszSoftmaxLoss(ignore_index=255)(logits, labels)
+    assert abs(ours.item() - theirs.item()) < 1e-5
+    binary = (labels[:, 0] == 1).long()
+    theirs = reference._lovasz_hinge(logits[:, 1], binary, per_image=True)
+    assert abs(LovaszHingeLoss()(logits[:, 1:2], binary[:, None]).item() - theirs.item()) < 1e-5
 
 
 def test_float64_is_kept():
@@ -229,6 +330,18 @@ def test_hinge_hand_worked():
     assert torch.allclose(LovaszHingeLoss()(logits, labels), torch.tensor(0.9, dtype=torch.float64), atol=1e-12)
     # background only: the Lovász extension of the 0/1 step is max(0, 1 + max z) = 1 + 2
     assert torch.allclose(LovaszHingeLoss()(logits, torch.zeros_like(labels)), torch.tensor(3.0, dtype=torch.float64))
+
+
+def test_fully_ignored_image_and_empty_batch_get_no_gradient():
+    g = torch.Generator().manual_seed(15)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 4, 5), generator=g)
+    labels[0] = 255
+    for loss in (LovaszHingeLoss(ignore_index=255), LovaszSoftmaxLoss(ignore_index=255, per_image=True)):
+        value = loss(logits, labels)
+        (grad,) = torch.autograd.grad(value, logits)
+        assert torch.all(grad[0] == 0) and grad[1].abs().sum() > 0, type(loss).__name__
+        assert torch.allclose(value, loss(logits[1:], labels[1:]) / (2 if isinstance(loss, LovaszHingeLoss) else 1))
 
 
 def test_gradcheck_eps_stays_between_ties():
