@@ -11,6 +11,8 @@ A bundle's ``initialize`` opens a :class:`RunFolder` and its ``run`` closes it:
   ``<ckpt_dir>/replaced-<time>/``, so they can neither be resumed by mistake nor lost, and the contents of its log
   folders (TensorBoard events in ``<bundle_root>/eval``) to ``<log_dir>/replaced-<time>/``, so the new run's curves
   do not mix with the earlier run's (TensorBoard shows the moved ones as a run of their own).
+
+A multi-GPU run checks first (:func:`check_validation_cases_per_rank`) that each process gets a validation case.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +312,46 @@ def _move_aside(paths: list[Path], aside: Path, what: str) -> None:
     for path in paths:
         os.replace(path, aside / path.name)
     logger.info("%s (%d) moved to %s", what, len(paths), aside)
+
+
+def check_validation_cases_per_rank(
+    world_size: int,
+    validation_data: Sized,
+    train_data: Sized,
+    val_fraction: float | None = None,
+    n_folds: int | None = None,
+) -> None:
+    """Refuse a multi-GPU run with fewer validation cases than processes, before any data is loaded.
+
+    MONAI's ``DistributedSampler(even_divisible=False)`` gives each process at least one validation case; with
+    fewer cases it fails while the trainer is built ("the dataset length is less than the number of participating
+    ranks"). The error here names both numbers and the two ways on: fewer GPUs, or more validation cases (the
+    ``val_fraction`` that gives enough, or, when validating on a fold, the most ``n_folds`` that do).
+
+    Args:
+        world_size: the number of processes (``torch.distributed.get_world_size()``).
+        validation_data: the validation datalist; ``train_data``: the training datalist (together: the cases split).
+        val_fraction: the hold-out fraction that made the split, if a hold-out did.
+        n_folds: the number of folds, if the validation cases are one fold of a cross-validation.
+    """
+    n_val, total = len(validation_data), len(validation_data) + len(train_data)
+    if n_val >= world_size:
+        return
+    gpus = f"{n_val} GPU{'' if n_val == 1 else 's'}"
+    ways = [f"run on at most {gpus} (torchrun --nproc_per_node={n_val})"] if n_val else []
+    if world_size < total:  # a split can give each process a validation case and keep one to train on
+        most_folds = total // world_size
+        if n_folds is not None and 2 <= most_folds < n_folds:
+            ways.append(f"validate on larger folds: n_folds={most_folds} or fewer (now {n_folds})")
+        elif n_folds is None and (needed := math.ceil(100 * world_size / total) / 100) < 1:
+            now = "" if val_fraction is None else f" (now {val_fraction})"
+            ways.append(f"hold out more training cases for validation: val_fraction={needed} or more{now}")
+    if not ways:
+        ways.append(f"use a dataset with more cases (this one has {total})")
+    raise UserError(
+        f"{world_size} processes (GPUs) but {n_val} validation case{'' if n_val == 1 else 's'} (of {total} "
+        f"training cases): each process needs at least one. To fix: {', or '.join(ways)}"
+    )
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 4) -> str:

@@ -238,3 +238,75 @@ def test_medseg_train_writes_under_runs_bundle_loss_and_says_so(tmp_path, synthe
     assert load(epoch_checkpoints(folder / "models")[0])["trainer"]["iteration"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing else in the working folder
     shutil.rmtree(folder)
+
+
+def initialize_on_ranks(bundle: str, world_size: int, monkeypatch, **overrides):
+    """Evaluate ``train.json`` + ``multi_gpu_train.json``'s ``initialize`` as rank 0 of ``world_size`` processes
+    (``torch.distributed`` stubbed: no GPU, no process group); returns the parser."""
+    import torch.distributed as dist
+    from monai.bundle import ConfigParser
+
+    for name, value in {"is_initialized": True, "get_world_size": world_size, "get_rank": 0, "barrier": None}.items():
+        monkeypatch.setattr(dist, name, lambda *args, value=value, **kwargs: value)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    configs = ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
+    parser.update(overrides)
+    parser.get_parsed_content("initialize")
+    return parser
+
+
+@pytest.fixture(scope="module")
+def small_user_dataset(tmp_path_factory):
+    """nnU-Net layout, 4 training cases: val_fraction 0.2 holds out 1."""
+    from medseg.data.synthetic_mri import make_nnunet
+
+    return make_nnunet(tmp_path_factory.mktemp("user4"), cases=4, test_cases=1, size=12, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("bundle", "dataset", "settings", "way"),
+    [
+        ("synapse_unet3d", "synthetic_btcv", {}, "val_fraction="),
+        ("cityscapes_2d", "synthetic_cityscapes", {}, "val_fraction="),
+        ("generic_3d", "small_user_dataset", {}, "val_fraction=0.5 or more (now 0.2)"),
+        ("generic_3d", "small_user_dataset", {"fold": 0, "n_folds": 4}, "n_folds=2 or fewer (now 4)"),
+    ],
+)
+def test_more_gpus_than_validation_cases_is_refused_before_training(
+    bundle, dataset, settings, way, tmp_path, monkeypatch, request
+):
+    from monai.bundle import ConfigParser
+    from monai.data import DistributedSampler
+
+    paths = {"bundle_root": str(tmp_path), "dataset_dir": str(request.getfixturevalue(dataset)), **settings}
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "train.json"))
+    parser.update(paths)
+    n_val, n_train = (len(parser.get_parsed_content(f"{s}#datalist")) for s in ("validate", "train"))
+    ranks = n_val + 1
+    with pytest.raises(ValueError, match="less than the number of participating ranks"):  # what MONAI would say
+        DistributedSampler(list(range(n_val)), even_divisible=False, num_replicas=ranks, rank=0)
+
+    with pytest.raises(Exception) as info:
+        initialize_on_ranks(bundle, ranks, monkeypatch, **paths)
+    message = error_chain(info.value)
+    case = "case" if n_val == 1 else "cases"
+    expected = f"{ranks} processes (GPUs) but {n_val} validation {case} (of {n_val + n_train} training cases)"
+    assert f"UserError: {expected}" in message
+    assert f"torchrun --nproc_per_node={n_val}" in message and way in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before the run folder was opened
+
+
+def test_as_many_gpus_as_validation_cases_pass_the_check(tmp_path, synthetic_btcv, monkeypatch):
+    paths = {"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_btcv), **SMALL}
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update(paths)
+    ranks = len(parser.get_parsed_content("validate#datalist"))
+    parser = initialize_on_ranks("synapse_unet3d", ranks, monkeypatch, **paths)
+    assert (tmp_path / "run.lock").is_file()  # initialize went on to open the run folder
+    parser.get_parsed_content("run_folder").close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,8 +15,18 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
+from medseg.console import UserError
+from medseg.data.splits import kfold_split, train_val_split
 from medseg.engine import rebalance_schedule
-from medseg.runs import LOCK_NAME, RunFolder, RunFolderError, config_hash, default_run_folder, describe
+from medseg.runs import (
+    LOCK_NAME,
+    RunFolder,
+    RunFolderError,
+    check_validation_cases_per_rank,
+    config_hash,
+    default_run_folder,
+    describe,
+)
 from medseg.transforms import DistanceMapd
 
 
@@ -198,3 +209,47 @@ def test_the_lock_a_crashed_run_leaves_in_the_repository_root_is_ignored_by_git(
     # a plain `monai.bundle run` uses bundle_root ".": a crash leaves run.lock there
     ignored = subprocess.run(["git", "check-ignore", "-q", LOCK_NAME], cwd=root, check=False)
     assert ignored.returncode == 0, f"{LOCK_NAME} in the repository root is not in .gitignore"
+
+
+def suggested(message: str, name: str) -> float:
+    return float(re.search(rf"{name}=([0-9.]+)", message).group(1))
+
+
+@pytest.mark.parametrize(("ranks", "cases"), [(4, 10), (8, 30), (3, 7), (2, 4)])
+def test_more_ranks_than_validation_cases_names_both_and_a_val_fraction_that_works(ranks, cases):
+    train, val = train_val_split(list(range(cases)), 0.2)
+    assert len(val) < ranks
+    with pytest.raises(UserError) as info:
+        check_validation_cases_per_rank(ranks, val, train, val_fraction=0.2)
+    message = str(info.value)
+    assert message.startswith(f"{ranks} processes (GPUs) but {len(val)} validation case")
+    assert f"(of {cases} training cases)" in message and "(now 0.2)" in message
+    assert f"run on at most {len(val)} GPU" in message and f"--nproc_per_node={len(val)})" in message
+    _, enough = train_val_split(list(range(cases)), suggested(message, "val_fraction"))
+    assert len(enough) >= ranks  # the suggested fraction holds out a case per process
+    check_validation_cases_per_rank(ranks, enough, range(cases - len(enough)))  # and passes
+
+
+def test_validation_on_a_fold_suggests_fewer_folds_that_are_large_enough():
+    cases = list(range(12))
+    train, val = kfold_split(cases, 0, n_folds=5)
+    with pytest.raises(UserError, match=r"validate on larger folds: n_folds=3 or fewer \(now 5\)") as info:
+        check_validation_cases_per_rank(4, val, train, val_fraction=0.2, n_folds=5)
+    assert "val_fraction" not in str(info.value)
+    folds = int(suggested(str(info.value), "n_folds"))
+    assert min(len(kfold_split(cases, k, folds)[1]) for k in range(folds)) >= 4
+    assert min(len(kfold_split(cases, k, folds + 1)[1]) for k in range(folds + 1)) < 4
+
+
+def test_no_split_of_too_few_cases_can_serve_every_rank():
+    with pytest.raises(UserError) as info:
+        check_validation_cases_per_rank(8, [0], [1, 2], val_fraction=0.2)
+    message = str(info.value)
+    assert "run on at most 1 GPU (torchrun --nproc_per_node=1)" in message and "val_fraction" not in message
+    with pytest.raises(UserError, match=r"use a dataset with more cases \(this one has 1\)"):
+        check_validation_cases_per_rank(2, [], [0])
+
+
+def test_enough_validation_cases_pass():
+    check_validation_cases_per_rank(4, range(4), range(16), val_fraction=0.2)
+    check_validation_cases_per_rank(1, [0], [1])
