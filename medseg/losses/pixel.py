@@ -206,7 +206,12 @@ class BalancedCrossEntropyLoss(SegmentationLoss):
         num_voxels = prep.voxel_count().sum()
         positives = g.sum([0, *prep.spatial_dims])
         beta = ((num_voxels - positives) / num_voxels.clamp_min(1)).view(1, -1, *([1] * len(prep.spatial_dims)))
-        terms = -(beta * g * prep.log_probs + (1 - beta) * (1 - g) * logsigmoid(-prep.logits))
+        if prep.labels is not None:  # 0/1 targets: one log σ of the signed logit (x for positives, −x else)
+            positive = g > 0
+            signed = torch.where(positive, prep.logits, -prep.logits)
+            terms = -torch.where(positive, beta, 1 - beta) * logsigmoid(signed)
+        else:
+            terms = -(beta * g * prep.log_probs + (1 - beta) * (1 - g) * logsigmoid(-prep.logits))
         terms = prep.masked(terms)
         if self.reduction == "none":
             return terms
