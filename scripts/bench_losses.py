@@ -1,38 +1,53 @@
-"""Forward+backward time of every medseg loss, side by side with torch's cross-entropy and MONAI's equivalent.
+"""Forward+backward time and peak extra memory of every medseg loss, side by side with torch's cross-entropy and
+the reference implementation (MONAI, kornia, pytorch-toolbelt).
 
-Each loss is timed interleaved with the cross-entropy floor and with MONAI's (or kornia's) equivalent in the same
-run, so that ratios compare like with like on a busy machine. Prints a table of medians and ratios.
+Each loss is timed interleaved with the cross-entropy floor and with its reference in the same run, so that ratios
+compare like with like on a busy machine; medians of ``--repeats`` rounds after one warm-up round. Peak extra memory
+is the allocator's peak above what was allocated before the step, over one forward+backward: on CUDA
+``torch.cuda.max_memory_allocated``; on the CPU the running sum of the allocations and frees that
+``torch.profiler`` records with ``profile_memory=True`` (every tensor allocation, the CPU allocator's view).
 
-    python scripts/bench_losses.py                          # both workloads, every loss, CPU
-    python scripts/bench_losses.py --workload 2d --losses dice focal lovasz --repeats 7
+    python scripts/bench_losses.py                          # both workloads, every loss, CPU, one thread
+    python scripts/bench_losses.py --workload 2d --losses dice focal lovasz --repeats 7 --json now.json
+    python scripts/bench_losses.py --compare before.json now.json    # flag rows more than 10 % slower (x_ce)
     python scripts/bench_losses.py --device cuda --markdown docs/bench_gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
+import json
+import os
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from types import ModuleType
 
 import monai.losses as ml
 import pandas as pd
 import torch
+from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from medseg.losses import get_loss, list_losses, loss_info
 
 WORKLOADS = {"2d": (8, 9, 224, 224), "3d": (2, 14, 96, 96, 96)}
+# the losses that need only logits, labels and a map (not a network's features, a checkpoint or C·K channels)
+NEEDS_MORE = {"conditional_boundary", "inverse_form", "boundary_aware"}
 
 
 def _gwdl_matrix(c: int) -> torch.Tensor:
-    m = torch.ones(c, c) - torch.eye(c)
-    return m
+    return torch.ones(c, c) - torch.eye(c)
 
 
-#: MONAI (or kornia) equivalents: loss name -> factory(num_classes) returning a module called as f(logits, labels)
+#: MONAI equivalents: loss name -> factory(num_classes) returning a module called as f(logits, labels)
 EQUIVALENTS: dict[str, Callable[[int], Callable]] = {
     "dice": lambda c: ml.DiceLoss(to_onehot_y=True, softmax=True),
     "jaccard": lambda c: ml.DiceLoss(to_onehot_y=True, softmax=True, jaccard=True),
@@ -59,15 +74,46 @@ def reference_label(fn: Callable | None) -> str:
     return getattr(fn, "bench_label", f"monai.{type(fn).__name__}")
 
 
-def _kornia_equivalents() -> dict[str, Callable[[int], Callable]]:
+def toolbelt_lovasz() -> ModuleType | None:
+    """pytorch-toolbelt's Lovász module (Berman's reference code), loaded from its file: the package's __init__
+    imports OpenCV, which the losses do not need. None when pytorch-toolbelt is not installed."""
+    spec = importlib.util.find_spec("pytorch_toolbelt")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "losses" / "lovasz.py"
+    module_spec = importlib.util.spec_from_file_location("toolbelt_lovasz", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _other_equivalents() -> dict[str, Callable[[int], Callable]]:
+    """kornia's Hausdorff-ER and pytorch-toolbelt's Lovász losses, where installed.
+
+    Lovász-Softmax: toolbelt's ``_lovasz_softmax`` of the softmax (whole batch, present classes: medseg's defaults).
+    Lovász hinge: toolbelt's binary ``_lovasz_hinge`` (per image) on each channel against its one-hot, averaged over
+    channels (medseg's multi-channel hinge).
+    """
+    out: dict[str, Callable[[int], Callable]] = {}
     try:
         import kornia.losses as kl
+
+        out["hausdorff_er"] = lambda c: _named("kornia.HausdorffERLoss", kl.HausdorffERLoss())
     except ImportError:
-        return {}
-    return {
-        "lovasz": lambda c: _named("kornia.LovaszSoftmaxLoss", lambda x, y: kl.lovasz_softmax_loss(x, y[:, 0])),
-        "hausdorff_er": lambda c: _named("kornia.HausdorffERLoss", kl.HausdorffERLoss()),
-    }
+        pass
+    toolbelt = toolbelt_lovasz()
+    if toolbelt is not None:
+
+        def softmax(x, y):
+            return toolbelt._lovasz_softmax(x.softmax(1), y[:, 0], per_image=False)
+
+        def hinge(x, y):
+            terms = [toolbelt._lovasz_hinge(x[:, c], (y[:, 0] == c).long(), per_image=True) for c in range(x.shape[1])]
+            return torch.stack(terms).mean()
+
+        out["lovasz"] = lambda c: _named("toolbelt lovasz_softmax", softmax)
+        out["lovasz_hinge"] = lambda c: _named("toolbelt lovasz_hinge per channel", hinge)
+    return out
 
 
 def loss_kwargs(name: str, num_classes: int) -> dict:
@@ -78,28 +124,60 @@ def loss_kwargs(name: str, num_classes: int) -> dict:
     return {"softmax": True} if "softmax" in accepts else {}
 
 
+def blobby_labels(shape, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 1, *spatial)`` labels: the argmax of a smooth random field (blobs about 16 voxels across)."""
+    batch, classes, *spatial = shape
+    coarse = torch.randn(batch, classes, *[max(2, n // 16) for n in spatial], generator=generator)
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    return torch.nn.functional.interpolate(coarse, size=spatial, mode=mode).argmax(1, keepdim=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_step(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> float:
     """Seconds for one forward+backward."""
     logits.grad = None
-    if logits.is_cuda:
-        torch.cuda.synchronize()
+    _sync(logits.device)
     start = time.perf_counter()
     fn(logits, labels, **aux).backward()
-    if logits.is_cuda:
-        torch.cuda.synchronize()
+    _sync(logits.device)
     return time.perf_counter() - start
 
 
-def bench_workload(shape, names, repeats: int, device: str) -> pd.DataFrame:
+def peak_extra_bytes(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, aux: dict) -> int:
+    """The allocator's peak above the memory in use before one forward+backward (see the module docstring)."""
+    logits.grad = None
+    if logits.is_cuda:
+        _sync(logits.device)
+        torch.cuda.reset_peak_memory_stats(logits.device)
+        before = torch.cuda.memory_allocated(logits.device)
+        fn(logits, labels, **aux).backward()
+        _sync(logits.device)
+        return torch.cuda.max_memory_allocated(logits.device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(logits, labels, **aux).backward()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    in_use = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        in_use += event.nbytes()
+        peak = max(peak, in_use)
+    return peak
+
+
+def bench_workload(shape, names, repeats: int, device: str, memory: bool = True) -> pd.DataFrame:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(*shape, generator=g).to(device).requires_grad_(True)
-    labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=g).to(device)
+    labels = blobby_labels(shape, g).to(device)
     floor = torch.nn.CrossEntropyLoss()
 
     def ce_floor(x, y):
         return floor(x, y[:, 0])
 
-    equivalents = {**EQUIVALENTS, **_kornia_equivalents()}
+    equivalents = {**EQUIVALENTS, **_other_equivalents()}
+    ce_peak = peak_extra_bytes(ce_floor, logits, labels, {}) if memory else 0
     rows = []
     for name in tqdm(names, desc=f"{'x'.join(map(str, shape))}", leave=False):
         ours = get_loss(name, **loss_kwargs(name, shape[1])).to(device)
@@ -107,7 +185,7 @@ def bench_workload(shape, names, repeats: int, device: str) -> pd.DataFrame:
         other = equivalents[name](shape[1]) if name in equivalents else None
         times: dict[str, list[float]] = {"ce": [], "ours": [], "ref": []}
         if other is not None:
-            try:  # kornia's Lovász is 2D only, for example: then there is no reference on this workload
+            try:  # kornia's losses are 2D only, for example: then there is no reference on this workload
                 time_step(other, logits, labels, {})
             except (RuntimeError, ValueError):
                 other = None
@@ -119,66 +197,105 @@ def bench_workload(shape, names, repeats: int, device: str) -> pd.DataFrame:
                 for k, v in t.items():
                     times[k].append(v)
         med = {k: statistics.median(v) for k, v in times.items() if v}
-        rows.append(
-            {
-                "loss": name,
-                "ms": 1e3 * med["ours"],
-                "ce_ms": 1e3 * med["ce"],
-                "x_ce": med["ours"] / med["ce"],
-                "ref": reference_label(other),
-                "ref_ms": 1e3 * med["ref"] if "ref" in med else float("nan"),
-                "x_ref": med["ours"] / med["ref"] if "ref" in med else float("nan"),
-            }
-        )
+        row = {
+            "loss": name,
+            "ms": 1e3 * med["ours"],
+            "ce_ms": 1e3 * med["ce"],
+            "x_ce": med["ours"] / med["ce"],
+            "ref": reference_label(other),
+            "ref_ms": 1e3 * med["ref"] if "ref" in med else float("nan"),
+            "x_ref": med["ours"] / med["ref"] if "ref" in med else float("nan"),
+        }
+        if memory:
+            peak = peak_extra_bytes(ours, logits, labels, aux)
+            row |= {"peak_mb": peak / 2**20, "ce_peak_mb": ce_peak / 2**20, "x_ce_peak": peak / max(ce_peak, 1)}
+        rows.append(row)
     return pd.DataFrame(rows).set_index("loss")
 
 
-def main() -> None:
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
+        json.dump(payload, tmp, indent=1)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+def compare(old_path: str, new_path: str, tolerance: float = 0.10) -> tuple[pd.DataFrame, bool]:
+    """Rows of two ``--json`` result files side by side; ``slower`` where the new ``x_ce`` exceeds the old by more
+    than ``tolerance`` (the time relative to cross-entropy in the same run, steadier than raw ms on a busy machine).
+
+    Returns the table (rows in only one file are listed with NaN on the other side) and whether any row is slower.
+    """
+    frames = []
+    for tag, path in (("old", old_path), ("new", new_path)):
+        rows = pd.DataFrame(json.loads(Path(path).read_text())["rows"])
+        frames.append(rows.set_index(["workload", "loss"])[["ms", "x_ce"]].add_prefix(f"{tag}_"))
+    table = frames[0].join(frames[1], how="outer")
+    table["change"] = table["new_x_ce"] / table["old_x_ce"] - 1
+    table["slower"] = table["change"] > tolerance
+    return table, bool(table["slower"].any())
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--losses", nargs="+", help="registered names (default: every loss that needs no network)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--markdown", help="also write the tables to this markdown file")
+    parser.add_argument("--json", help="also write the rows to this JSON file (for --compare)")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --json files and exit")
+    parser.add_argument("--tolerance", type=float, default=0.10, help="--compare: flag rows slower by more")
     parser.add_argument(
         "--section",
         nargs="+",
         choices=["losses", "transforms"],
         default=["losses"],
-        help="losses: every loss on the workloads; transforms: DistanceMapd vs MONAI and scipy (bench_transforms.py)",
+        help="losses: every loss on the workloads; transforms: DistanceMap vs scipy and MONAI (bench_transforms.py)",
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # the losses that need only logits, labels and a map (not a network's features, a checkpoint or C·K channels)
-    skip = {"conditional_boundary", "inverse_form", "boundary_aware"}
-    names = args.losses or [i.name for i in list_losses() if i.name not in skip]
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    if args.compare:
+        table, slower = compare(*args.compare, tolerance=args.tolerance)
+        print(table.round(3).to_markdown())
+        print(f"\n{int(table['slower'].sum())} row(s) more than {args.tolerance:.0%} slower (x_ce)")
+        return 1 if slower else 0
+    torch.set_num_threads(args.threads)
+    names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if args.device.startswith("cuda"):
-        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+        machine = torch.cuda.get_device_name(torch.device(args.device))
+    machine += f", torch {torch.__version__}"
     out = [f"machine: {machine}; repeats: {args.repeats} (median of forward+backward)"]
+    records = []
     for w in args.workload if "losses" in args.section else []:
-        table = bench_workload(WORKLOADS[w], names, args.repeats, args.device)
+        table = bench_workload(WORKLOADS[w], names, args.repeats, args.device, memory=not args.no_memory)
         text = f"\n### {w} logits {WORKLOADS[w]} float32\n\n" + table.round(2).to_markdown()
         print(text, flush=True)
         out.append(text)
+        records += [{"workload": w, **row} for row in table.reset_index().to_dict("records")]
     if "transforms" in args.section:
+        sys.path.insert(0, str(Path(__file__).parent))
         from bench_transforms import bench_cache_dataset, bench_distance_maps
 
         for title, table in (
-            ("signed distance maps", bench_distance_maps(args.repeats)),
-            ("CacheDataset build, 96^3 label maps, 14 classes", bench_cache_dataset()),
+            ("distance maps, 160x160x48, 14 labels", bench_distance_maps(args.repeats)),
+            ("CacheDataset first pass, synthetic BTCV", bench_cache_dataset()),
         ):
             text = f"\n### {title}\n\n" + table.round(3).to_markdown()
             print(text, flush=True)
             out.append(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write("\n".join(out) + "\n")
+        Path(args.markdown).write_text("\n".join(out) + "\n")
+    if args.json:
+        meta = {"machine": machine, "repeats": args.repeats, "device": args.device, "date": str(date.today())}
+        write_json(args.json, {"meta": meta, "rows": records})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
