@@ -167,19 +167,30 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         help="submitit: slurm (default) or local (the same jobs as processes of this machine, to try the set-up)",
     )
     group.add_argument("--resources", metavar="FILE", help="a YAML or JSON file of the options below (they win)")
-    group.add_argument("--gpus-per-job", type=int, help="GPUs per job (per node); >1 trains under torchrun")
-    group.add_argument("--cpus-per-job", type=int, help="CPU cores per job: SLURM --cpus-per-task, torch threads")
-    group.add_argument("--mem-gb", type=float, help="submitit: memory per job and node in GB (SLURM --mem)")
     group.add_argument(
-        "--timeout-min", type=int, help="submitit (required): wall time per job in minutes (SLURM --time)"
+        "--gpus-per-job", type=int, metavar="G", help="GPUs per job (per node); >1 trains under torchrun"
     )
-    group.add_argument("--nnodes", type=int, help="submitit: nodes per job, trained under torchrun (rendezvous)")
-    group.add_argument("--array-parallelism", type=int, help="submitit: at most this many jobs at once")
-    group.add_argument("--max-timeouts", type=int, help="submitit: resubmissions after timeouts (3)")
-    group.add_argument("--slurm-partition", help="SLURM --partition")
-    group.add_argument("--slurm-account", help="SLURM --account")
-    group.add_argument("--slurm-qos", help="SLURM --qos")
-    group.add_argument("--slurm-constraint", help="SLURM --constraint")
+    group.add_argument(
+        "--cpus-per-job", type=int, metavar="C", help="CPU cores per job: SLURM --cpus-per-task, torch threads"
+    )
+    group.add_argument(
+        "--mem-gb", type=float, metavar="GB", help="submitit: memory per job and node in GB (SLURM --mem)"
+    )
+    group.add_argument(
+        "--timeout-min",
+        type=int,
+        metavar="MIN",
+        help="submitit (required): wall time per job in minutes (SLURM --time)",
+    )
+    group.add_argument(
+        "--nnodes", type=int, metavar="N", help="submitit: nodes per job, trained under torchrun (rendezvous)"
+    )
+    group.add_argument("--array-parallelism", type=int, metavar="P", help="submitit: at most this many jobs at once")
+    group.add_argument("--max-timeouts", type=int, metavar="K", help="submitit: resubmissions after timeouts (3)")
+    group.add_argument("--slurm-partition", metavar="NAME", help="SLURM --partition")
+    group.add_argument("--slurm-account", metavar="NAME", help="SLURM --account")
+    group.add_argument("--slurm-qos", metavar="NAME", help="SLURM --qos")
+    group.add_argument("--slurm-constraint", metavar="FEATURES", help="SLURM --constraint")
     group.add_argument(
         "--wait", action="store_true", help="submitit: wait for the jobs, then write the tables and plots"
     )
