@@ -1091,4 +1091,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     waiting = (plan.action == "wait").sum()
     if waiting:
         print(f"\n{waiting} cells have jobs queued or running: the tables hold the finished runs only")
-    return _print_outputs(out, grid)
+    return 0 if waiting == len(plan) else _print_outputs(out, grid)
