@@ -26,20 +26,10 @@ from medseg.launch.cell import Cell, TorchrunTraining, run_cell
 from medseg.launch.cluster import SubmititLauncher
 from medseg.launch.local import gpu_slots, visible_gpus
 from medseg.launch.resources import Resources, read_resources
+from tests._sizes import TINY_UNET3D
 
 #: A tiny run: 6 epochs of 2 iterations (a 3-level UNet on 16³ patches of 12 × 12 × 24 mm voxels), seconds on a core.
-TINY = {
-    "max_epochs": 6,
-    "val_interval": 2,
-    "num_workers": 0,
-    "batch_size": 1,
-    "num_samples": 1,
-    "roi_size": [16, 16, 16],
-    "pixdim": [12.0, 12.0, 24.0],
-    "network_def#channels": [4, 8, 16],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-}
+TINY = {**TINY_UNET3D, "max_epochs": 6, "val_interval": 2}
 LOSSES = ["dice", "tversky"]  # no preset settings: 2 cells
 
 

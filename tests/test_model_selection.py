@@ -24,6 +24,7 @@ from medseg import study
 from medseg.data import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES
 from medseg.data.synthetic import make_synapse
 from medseg.data.synthetic_mri import make_nnunet
+from tests._sizes import TINY_UNET3D
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -206,18 +207,7 @@ class RecordingRun:
 
 #: one epoch at the tests' CPU sizes
 TINY = {
-    "synapse_unet3d": {
-        "max_epochs": 1,
-        "val_interval": 1,
-        "num_workers": 0,
-        "batch_size": 1,
-        "num_samples": 1,
-        "roi_size": [16, 16, 16],
-        "pixdim": [12.0, 12.0, 24.0],
-        "network_def#channels": [4, 8, 16],
-        "network_def#strides": [2, 2],
-        "network_def#num_res_units": 0,
-    },
+    "synapse_unet3d": TINY_UNET3D,
     "cityscapes_2d": {**study.CPU_CITYSCAPES, "max_epochs": 1, "val_interval": 1},
 }
 SYNTHETIC = {

@@ -15,20 +15,10 @@ from PIL import Image
 from medseg import study
 from medseg.data import btcv_datalist
 from medseg.data.synthetic import make_synapse
+from tests._sizes import TINY_UNET3D
 
 #: A tiny run takes a few seconds on one core: 1 epoch of a 3-level UNet on 16³ patches of 12 × 12 × 24 mm voxels.
-TINY = {
-    "max_epochs": 1,
-    "val_interval": 1,
-    "num_workers": 0,
-    "batch_size": 1,
-    "num_samples": 1,
-    "roi_size": [16, 16, 16],
-    "pixdim": [12.0, 12.0, 24.0],
-    "network_def#channels": [4, 8, 16],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-}
+TINY = TINY_UNET3D
 GAMMA_1 = {"loss_kwargs#focal#gamma": 1.0}
 TVERSKY_HALF = {"loss_kwargs#tversky#alpha": 0.5, "loss_kwargs#tversky#beta": 0.5}
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from monai.bundle import ckpt_export, run, verify_net_in_out
 
+from tests._sizes import TINY_UNET3D
+
 from ._common import MANDATORY_METADATA, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,18 +22,7 @@ CONFIGS = BUNDLE / "configs"
 LOSS_OVERLAYS = sorted((ROOT / "configs" / "losses").glob("*.json"))
 
 #: CPU-test size: a small UNet on 16³ patches of volumes resampled to 12 × 12 × 24 mm voxels
-TINY = {
-    "max_epochs": 1,
-    "val_interval": 1,
-    "num_workers": 0,
-    "batch_size": 1,
-    "num_samples": 1,
-    "roi_size": [16, 16, 16],
-    "pixdim": [12.0, 12.0, 24.0],
-    "network_def#channels": [4, 8, 16],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-}
+TINY = TINY_UNET3D
 
 
 def train(bundle_root: Path, dataset: Path, *extra_configs: Path, **overrides):
