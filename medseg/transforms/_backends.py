@@ -54,6 +54,13 @@ class DistanceBackend:
     def to_tensor(self, array: Any, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        """A float32 array for the maps, allocated by torch: numpy asks the kernel for transparent huge pages on
+        large arrays, and where the kernel compacts memory for them on first touch (THP ``defrag=madvise``, a
+        common default) filling a cached map's fresh memory took five times longer (0.43 s against 0.08 s for
+        200 MB, measured)."""
+        return torch.empty(shape, dtype=torch.float32).numpy()
+
     def distance_to(self, target: Any, spacing: Sequence[float]) -> Any:
         """Distance from every voxel to the nearest voxel where ``target`` is True (0 on ``target``; not empty)."""
         raise NotImplementedError
@@ -139,6 +146,9 @@ class CucimBackend(DistanceBackend):
 
     def to_tensor(self, array: Any, device: torch.device) -> torch.Tensor:
         return torch.from_dlpack(_cupy.ascontiguousarray(array)).to(device)
+
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        return _cupy.empty(shape, dtype=_cupy.float32)
 
     def distance_to(self, target: Any, spacing: Sequence[float]) -> Any:
         return _cucim_edt(~target, sampling=tuple(spacing), float64_distances=False).astype(_cupy.float32)

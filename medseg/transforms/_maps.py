@@ -155,7 +155,7 @@ def _region_maps(
     """
     xp = backend.xp
     num_classes = masks.shape[0]
-    out = xp.empty(masks.shape, dtype=np.float32)
+    out = backend.empty(masks.shape)
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(masks.shape[1:], spacing, strict=True)))
     finest = min(spacing)
     whole = (slice(None),) * (masks.ndim - 1)
