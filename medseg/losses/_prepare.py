@@ -211,8 +211,11 @@ def overlap_stats(
     spatial dims (and the batch when ``batch``). ``soft_label`` (without ``squared``) uses the form that stays
     right for soft targets, TP = (Σ|p| + Σ|g| − Σ|p − g|) / 2 (Wang & Blaschko, Dice semimetric losses, MICCAI 2023;
     MONAI's ``soft_label``): equal to Σ p g for 0/1 targets, and 0 loss when p = g for any target.
-    Returns tensors of shape ``(B, C')`` or ``(C',)``.
+    Returns tensors of shape ``(B, C')`` or ``(C',)``. Softmax with hard labels (and neither ``squared`` nor
+    ``soft_label``) takes them from the label map, without a one-hot target (:class:`_SoftmaxLabelOverlap`).
     """
+    if _label_softmax_path(prep, squared, soft_label):
+        return _label_softmax_stats(prep, batch)
     p = prep.masked(prep.probs)
     g = prep.target
     dims = prep.spatial_dims if not batch else [0, *prep.spatial_dims]
@@ -227,6 +230,111 @@ def overlap_stats(
     else:
         sum_p = p.sum(dims)
         sum_g = g.sum(dims)
+    return tp, sum_p - tp, sum_g - tp
+
+
+def _label_softmax_path(prep: Prepared, squared: bool, soft_label: bool) -> bool:
+    """The statistics can come from the label map: softmax over exclusive hard labels, plain (not squared) sums,
+    and no other term sharing the probabilities (a :func:`shared_preparation` block keeps its one softmax)."""
+    return (
+        prep.activation == "softmax"
+        and prep.labels is not None
+        and not squared
+        and not soft_label
+        and not prep.shared
+        and "probs" not in prep.__dict__  # nobody took the probabilities yet: the softmax would be taken twice
+    )
+
+
+class _SoftmaxLabelOverlap(torch.autograd.Function):
+    r"""Per item and class :math:`TP = \sum_i m_i p_{i,l_i}[l_i = c]`, :math:`\sum_i m_i p_{ic}` and
+    :math:`\sum_i m_i [l_i = c]` of :math:`p = \mathrm{softmax}(x)` and a label map :math:`l` (mask :math:`m`),
+    without a one-hot target: TP by a gather of :math:`p_{i,l_i}` and a float64 ``scatter_add`` over the labels.
+
+    Backward is the closed form through the softmax Jacobian: with :math:`a_{ic} = m_i(\bar s_c + \bar t_c
+    [l_i = c])` (:math:`\bar t, \bar s` the gradients of TP and :math:`\sum p`),
+    :math:`\partial L / \partial x_{ic} = p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik})`; two passes over ``(B, C, N)``
+    and nothing stored but :math:`p`. Under ``create_graph`` the same formula runs in tracked ops on :math:`p`
+    recomputed from the logits, so higher derivatives stay exact.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(logits.device.type, enabled=False):  # float32 sums (bmm) under autocast too
+            return _SoftmaxLabelOverlap._forward(ctx, logits, labels, mask)
+
+    @staticmethod
+    def _forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, c = logits.shape[:2]
+        p = torch.softmax(logits, 1).reshape(b, c, -1)
+        lab = labels.reshape(b, -1)
+        p_lab = p.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, N): the probability of each voxel's label
+        if mask is None:
+            sum_p = p.sum(2)
+            count = torch.ones_like(p_lab, dtype=torch.float64)
+        else:
+            m = mask.reshape(b, -1).to(p.dtype)
+            sum_p = torch.bmm(p, m.unsqueeze(2)).squeeze(2)
+            p_lab = p_lab * m
+            count = m.to(torch.float64)
+        zeros = torch.zeros(b, c, dtype=torch.float64, device=p.device)
+        tp = zeros.scatter_add(1, lab, p_lab.to(torch.float64)).to(p.dtype)
+        sum_g = zeros.scatter_add(1, lab, count).to(p.dtype)
+        ctx.mark_non_differentiable(sum_g)
+        ctx.save_for_backward(p, lab, mask, logits)
+        ctx.logits_shape = logits.shape
+        return tp, sum_p, sum_g
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_tp: torch.Tensor | None, grad_sum_p: torch.Tensor | None, _: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None]:
+        p, lab, mask, logits = ctx.saved_tensors
+        with torch.autocast(p.device.type, enabled=False):
+            return _SoftmaxLabelOverlap._backward(ctx, p, lab, mask, logits, grad_tp, grad_sum_p)
+
+    @staticmethod
+    def _backward(
+        ctx: Any,
+        p: torch.Tensor,
+        lab: torch.Tensor,
+        mask: torch.Tensor | None,
+        logits: torch.Tensor,
+        grad_tp: torch.Tensor | None,
+        grad_sum_p: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, None, None]:
+        b, c = p.shape[:2]
+        twice = torch.is_grad_enabled()  # create_graph: the same formula in tracked ops, p recomputed from x
+        if twice:
+            p = torch.softmax(logits, 1).reshape(b, c, -1)
+        grad_tp = torch.zeros(b, c, dtype=p.dtype, device=p.device) if grad_tp is None else grad_tp.to(p.dtype)
+        grad_sum_p = torch.zeros_like(grad_tp) if grad_sum_p is None else grad_sum_p.to(p.dtype)
+        # per voxel: t_i = p_{i,l_i} tbar_{l_i} and S_i = sum_k p_ik sbar_k + t_i
+        t = p.gather(1, lab.unsqueeze(1)).squeeze(1) * grad_tp.gather(1, lab)
+        s = torch.bmm(grad_sum_p.unsqueeze(1), p).squeeze(1) + t
+        grad = p * (grad_sum_p.unsqueeze(2) - s.unsqueeze(1))
+        m = None if mask is None else mask.reshape(b, 1, -1).to(p.dtype)
+        if twice:
+            grad = grad.scatter_add(1, lab.unsqueeze(1), t.unsqueeze(1))
+            grad = grad if m is None else grad * m
+        else:
+            grad.scatter_add_(1, lab.unsqueeze(1), t.unsqueeze(1))
+            if m is not None:
+                grad.mul_(m)
+        return grad.reshape(ctx.logits_shape), None, None
+
+
+def _label_softmax_stats(prep: Prepared, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TP, FP, FN of :func:`overlap_stats` from the logits and the label map (:class:`_SoftmaxLabelOverlap`)."""
+    tp, sum_p, sum_g = _SoftmaxLabelOverlap.apply(prep._full_logits, prep.labels, prep.mask)
+    if not prep._all_classes:
+        tp, sum_p, sum_g = tp[:, prep.classes[0] :], sum_p[:, prep.classes[0] :], sum_g[:, prep.classes[0] :]
+    if batch:
+        tp, sum_p, sum_g = tp.sum(0), sum_p.sum(0), sum_g.sum(0)
     return tp, sum_p - tp, sum_g - tp
 
 

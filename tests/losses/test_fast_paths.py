@@ -1,0 +1,169 @@
+"""Softmax region losses with hard labels take TP and the sums from the label map, with no one-hot target.
+
+``overlap_stats`` runs :class:`medseg.losses._prepare._SoftmaxLabelOverlap` (gather + float64 ``scatter_add``
+forward, closed-form backward through the softmax Jacobian) where it is exact. Values and gradients are compared
+with MONAI's losses or the formula by hand on a one-hot target, never with the loss's own general path.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import monai.losses
+import pytest
+import torch
+
+from medseg.losses import CompoundLoss, DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss, _prepare
+
+
+def batch(seed: int = 0, classes: int = 4, shape=(2, 5, 6), dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(shape[0], classes, *shape[1:], generator=g, dtype=dtype)).requires_grad_(True)
+    labels = torch.randint(0, classes, (shape[0], 1, *shape[1:]), generator=g)
+    return logits, labels
+
+
+def no_one_hot():
+    """Fail if any loss builds a one-hot target (the general path's ``B x C x N`` tensor)."""
+
+    def refuse(self):
+        raise AssertionError("a one-hot target was built")
+
+    return mock.patch.object(_prepare.Prepared, "_build_target", refuse)
+
+
+def counting_fast_path():
+    calls = []
+    original = _prepare._SoftmaxLabelOverlap.apply
+    return calls, mock.patch.object(_prepare._SoftmaxLabelOverlap, "apply", lambda *a: calls.append(1) or original(*a))
+
+
+def value_and_grad(loss, logits, target):
+    value = loss(logits, target)
+    (grad,) = torch.autograd.grad(value.sum(), logits)
+    return value, grad
+
+
+MONAI_PAIRS = {
+    "dice": (lambda **k: DiceLoss(**k), lambda **k: monai.losses.DiceLoss(to_onehot_y=True, **k)),
+    "jaccard": (  # MONAI's soft Jaccard is DiceLoss(jaccard=True) with both smoothing terms doubled
+        lambda **k: JaccardLoss(**k),
+        lambda **k: monai.losses.DiceLoss(to_onehot_y=True, jaccard=True, smooth_nr=2e-5, smooth_dr=2e-5, **k),
+    ),
+    "tversky": (
+        lambda **k: TverskyLoss(alpha=0.3, beta=0.7, **k),
+        lambda **k: monai.losses.TverskyLoss(to_onehot_y=True, alpha=0.3, beta=0.7, **k),
+    ),
+    "generalized_dice": (
+        lambda **k: GeneralizedDiceLoss(**k),
+        lambda **k: monai.losses.GeneralizedDiceLoss(to_onehot_y=True, **k),
+    ),
+}
+OPTIONS = [
+    {},
+    {"include_background": False},
+    {"batch": True},
+    {"include_background": False, "batch": True, "reduction": "none"},
+    {"reduction": "sum"},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("name", sorted(MONAI_PAIRS))
+def test_fast_path_builds_no_one_hot_and_equals_monai(name, options):
+    ours, theirs = MONAI_PAIRS[name]
+    logits, labels = batch(seed=len(name))
+    calls, counting = counting_fast_path()
+    with no_one_hot(), counting:
+        value, grad = value_and_grad(ours(softmax=True, **options), logits, labels)
+    assert calls == [1]
+    expected, expected_grad = value_and_grad(theirs(softmax=True, **options), logits, labels)
+    torch.testing.assert_close(value, expected.reshape(value.shape), rtol=1e-8, atol=1e-10)  # MONAI: other sum order
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def hand_dice(logits, labels, mask, include_background=True, batch=False, smooth=1e-5):
+    """Dice loss on an explicit one-hot target, ignored voxels zeroed in p and g."""
+    p = torch.softmax(logits, 1) * mask
+    g = torch.nn.functional.one_hot(labels[:, 0], logits.shape[1]).movedim(-1, 1).to(logits) * mask
+    if not include_background:
+        p, g = p[:, 1:], g[:, 1:]
+    dims = [0, 2, 3] if batch else [2, 3]
+    tp = (p * g).sum(dims)
+    return (1 - (2 * tp + smooth) / (p.sum(dims) + g.sum(dims) + smooth)).mean()
+
+
+@pytest.mark.parametrize("batch_", [False, True])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_ignore_index_on_the_fast_path_equals_the_masked_formula(include_background, batch_):
+    logits, labels = batch(seed=3)
+    labels = labels.clone()
+    labels[0, 0, :2] = 255  # a stripe of ignored voxels, and a whole item's corner
+    labels[1, 0, -1, -2:] = 255
+    loss = DiceLoss(softmax=True, ignore_index=255, include_background=include_background, batch=batch_)
+    calls, counting = counting_fast_path()
+    with no_one_hot(), counting:
+        value, grad = value_and_grad(loss, logits, labels)
+    assert calls == [1]
+    mask = (labels != 255).to(logits)
+    expected, expected_grad = value_and_grad(
+        lambda x, y: hand_dice(x, y.masked_fill(y == 255, 0), mask, include_background, batch_), logits, labels
+    )
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+    assert grad[0, :, :2].abs().max() == 0  # ignored voxels get no gradient
+
+
+def test_one_hot_target_takes_the_fast_path_too():
+    logits, labels = batch(seed=4)
+    onehot = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).to(logits)
+    calls, counting = counting_fast_path()
+    with counting:
+        value, grad = value_and_grad(DiceLoss(softmax=True), logits, onehot)
+    assert calls == [1]
+    expected, expected_grad = value_and_grad(monai.losses.DiceLoss(softmax=True), logits, onehot)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "loss, soft",
+    [
+        (DiceLoss(softmax=True, squared_pred=True), False),
+        (DiceLoss(softmax=True, soft_label=True), False),
+        (DiceLoss(sigmoid=True), False),
+        (DiceLoss(softmax=True), True),  # soft target: no label map
+        (CompoundLoss({"ce": 0.5, "dice": 0.5}, loss_kwargs={"dice": {"softmax": True}}), False),  # one softmax
+    ],
+    ids=["squared_pred", "soft_label", "sigmoid", "soft_target", "compound"],
+)
+def test_general_path_where_the_label_map_does_not_hold(loss, soft):
+    logits, labels = batch(seed=5)
+    target = labels
+    if soft:
+        target = torch.softmax(torch.randn_like(logits.detach()), 1)
+    calls, counting = counting_fast_path()
+    with counting:
+        loss(logits, target)
+    assert calls == []
+
+
+def test_second_derivatives_stay_exact():
+    logits, labels = batch(seed=6, shape=(2, 3, 4))
+    labels[0, 0, 0] = 255
+    for loss in (
+        DiceLoss(softmax=True, ignore_index=255),
+        GeneralizedDiceLoss(softmax=True, batch=True, ignore_index=255),
+    ):
+        assert torch.autograd.gradgradcheck(lambda x, loss=loss: loss(x, labels), (logits,))
+
+
+def test_float32_sums_over_a_large_volume_stay_accurate():
+    logits, labels = batch(seed=7, classes=5, shape=(1, 64, 64, 64), dtype=torch.float32)
+    value, grad = value_and_grad(DiceLoss(softmax=True, include_background=False), logits, labels)
+    x64 = logits.detach().double().requires_grad_(True)
+    expected, expected_grad = value_and_grad(
+        monai.losses.DiceLoss(softmax=True, to_onehot_y=True, include_background=False), x64, labels
+    )
+    torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-11)
