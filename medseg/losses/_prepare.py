@@ -234,16 +234,8 @@ def overlap_stats(
 
 
 def _label_softmax_path(prep: Prepared, squared: bool, soft_label: bool) -> bool:
-    """The statistics can come from the label map: softmax over exclusive hard labels, plain (not squared) sums,
-    and no other term sharing the probabilities (a :func:`shared_preparation` block keeps its one softmax)."""
-    return (
-        prep.activation == "softmax"
-        and prep.labels is not None
-        and not squared
-        and not soft_label
-        and not prep.shared
-        and "probs" not in prep.__dict__  # nobody took the probabilities yet: the softmax would be taken twice
-    )
+    """The statistics can come from the label map: softmax over exclusive hard labels, plain (not squared) sums."""
+    return prep.activation == "softmax" and prep.labels is not None and not squared and not soft_label
 
 
 class _SoftmaxLabelOverlap(torch.autograd.Function):
@@ -272,18 +264,7 @@ class _SoftmaxLabelOverlap(torch.autograd.Function):
         b, c = logits.shape[:2]
         p = torch.softmax(logits, 1).reshape(b, c, -1)
         lab = labels.reshape(b, -1)
-        p_lab = p.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, N): the probability of each voxel's label
-        if mask is None:
-            sum_p = p.sum(2)
-            count = torch.ones_like(p_lab, dtype=torch.float64)
-        else:
-            m = mask.reshape(b, -1).to(p.dtype)
-            sum_p = torch.bmm(p, m.unsqueeze(2)).squeeze(2)
-            p_lab = p_lab * m
-            count = m.to(torch.float64)
-        zeros = torch.zeros(b, c, dtype=torch.float64, device=p.device)
-        tp = zeros.scatter_add(1, lab, p_lab.to(torch.float64)).to(p.dtype)
-        sum_g = zeros.scatter_add(1, lab, count).to(p.dtype)
+        tp, sum_p, sum_g = _label_sums(p, lab, mask)
         ctx.mark_non_differentiable(sum_g)
         ctx.save_for_backward(p, lab, mask, logits)
         ctx.logits_shape = logits.shape
@@ -328,9 +309,71 @@ class _SoftmaxLabelOverlap(torch.autograd.Function):
         return grad.reshape(ctx.logits_shape), None, None
 
 
+class _ProbLabelOverlap(torch.autograd.Function):
+    r""":class:`_SoftmaxLabelOverlap` on probabilities already taken (a shared softmax): the same sums, and the
+    gradient :math:`\partial L / \partial p_{ic} = m_i(\bar s_c + \bar t_c [l_i = c])` in one pass (autograd
+    carries it through the softmax)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, probs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(probs.device.type, enabled=False):
+            b, c = probs.shape[:2]
+            p = probs.reshape(b, c, -1)
+            lab = labels.reshape(b, -1)
+            tp, sum_p, sum_g = _label_sums(p, lab, mask)
+        ctx.mark_non_differentiable(sum_g)
+        ctx.save_for_backward(lab, mask)
+        ctx.probs_shape = probs.shape
+        return tp, sum_p, sum_g
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_tp: torch.Tensor | None, grad_sum_p: torch.Tensor | None, _: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None]:
+        lab, mask = ctx.saved_tensors
+        b, c, n = ctx.probs_shape[0], ctx.probs_shape[1], lab.shape[1]
+        reference = grad_tp if grad_tp is not None else grad_sum_p
+        grad_tp = torch.zeros_like(reference) if grad_tp is None else grad_tp
+        grad_sum_p = torch.zeros_like(reference) if grad_sum_p is None else grad_sum_p
+        with torch.autocast(reference.device.type, enabled=False):
+            grad = grad_sum_p.unsqueeze(2).expand(b, c, n)
+            grad = grad.scatter_add(1, lab.unsqueeze(1), grad_tp.gather(1, lab).unsqueeze(1))
+            if mask is not None:
+                grad = grad * mask.reshape(b, 1, -1).to(grad.dtype)
+        return grad.reshape(ctx.probs_shape), None, None
+
+
+def _label_sums(
+    p: torch.Tensor, lab: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TP, Σp and Σg per item and class of probabilities ``(B, C, N)`` and labels ``(B, N)`` (float64 TP, Σg)."""
+    b, c = p.shape[:2]
+    p_lab = p.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, N): the probability of each voxel's label
+    if mask is None:
+        sum_p = p.sum(2)
+        count = torch.ones_like(p_lab, dtype=torch.float64)
+    else:
+        m = mask.reshape(b, -1).to(p.dtype)
+        sum_p = torch.bmm(p, m.unsqueeze(2)).squeeze(2)
+        p_lab = p_lab * m
+        count = m.to(torch.float64)
+    zeros = torch.zeros(b, c, dtype=torch.float64, device=p.device)
+    tp = zeros.scatter_add(1, lab, p_lab.to(torch.float64)).to(p.dtype)
+    return tp, sum_p, zeros.scatter_add(1, lab, count).to(p.dtype)
+
+
 def _label_softmax_stats(prep: Prepared, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TP, FP, FN of :func:`overlap_stats` from the logits and the label map (:class:`_SoftmaxLabelOverlap`)."""
-    tp, sum_p, sum_g = _SoftmaxLabelOverlap.apply(prep._full_logits, prep.labels, prep.mask)
+    """TP, FP, FN of :func:`overlap_stats` from the label map: from the logits (:class:`_SoftmaxLabelOverlap`), or
+    in a :func:`shared_preparation` block where another term takes the softmax, from its probabilities
+    (:class:`_ProbLabelOverlap`: the block keeps one softmax)."""
+    shared = prep._shared
+    if shared is not None and (shared["log_softmax_first"] or "softmax" in shared or "log_softmax" in shared):
+        prep.probs  # noqa: B018 -- takes (or reads) the block's one softmax: the exp of its log-softmax
+        tp, sum_p, sum_g = _ProbLabelOverlap.apply(shared["softmax"], prep.labels, prep.mask)
+    else:
+        tp, sum_p, sum_g = _SoftmaxLabelOverlap.apply(prep._full_logits, prep.labels, prep.mask)
     if not prep._all_classes:
         tp, sum_p, sum_g = tp[:, prep.classes[0] :], sum_p[:, prep.classes[0] :], sum_g[:, prep.classes[0] :]
     if batch:
