@@ -96,8 +96,8 @@ class EdtBackend(DistanceBackend):
         out = np.zeros(target.shape, dtype=np.float32)
         if complement is None:
             return out
-        # the nearest target voxel of any voxel in this box lies in it: clamping a farther target voxel onto the
-        # box moves it closer and onto the box's outer layer, which holds only target voxels
+        # the nearest target voxel of any voxel in this box lies in it: clamping a target voxel outside onto the
+        # box moves it closer, and onto the layer grown around the complement's box, which holds only target voxels
         grown = tuple(
             slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(complement, target.shape, strict=True)
         )
