@@ -186,6 +186,18 @@ class Prepared:
         kept = torch.tensor(self.classes, device=labels.device).view(1, -1, *([1] * (labels.ndim - 1)))
         return (labels.unsqueeze(1) == kept).to(dtype)
 
+    def label_log_prob(self) -> torch.Tensor:
+        """log p of each voxel's label ``(B, 1, *spatial)`` under the softmax: a gather, no one-hot target."""
+        return self._full_log_softmax().gather(1, self.labels.unsqueeze(1))
+
+    def label_counts(self) -> torch.Tensor:
+        """Voxels per class over the batch, all C classes ``(C,)``, ignored voxels left out (float64 counts)."""
+        weights = torch.ones(self.labels.numel(), dtype=torch.float64, device=self.labels.device)
+        if self.mask is not None:
+            weights = self.mask.flatten().to(torch.float64)
+        counts = torch.zeros(self._full_logits.shape[1], dtype=torch.float64, device=self.labels.device)
+        return counts.scatter_add_(0, self.labels.flatten(), weights).to(self._full_logits.dtype)
+
     @property
     def spatial_dims(self) -> list[int]:
         return list(range(2, self._full_logits.ndim))

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._prepare import Prepared, SegmentationLoss, class_weight_tensor, describe_loss, reduce, shared_preparation
+from ._prepare import (
+    Prepared,
+    SegmentationLoss,
+    class_weight_tensor,
+    describe_loss,
+    overlap_stats,
+    reduce,
+    shared_preparation,
+)
 from .pixel import CrossEntropyLoss, FocalLoss
 from .region import DiceLoss
 from .registry import get_loss, register
@@ -395,11 +403,32 @@ class ExpLogLoss(SegmentationLoss):
                     f"class_frequency has {self.class_frequency.numel()} entries but the input has {num_classes} "
                     "classes (list all classes, background included)"
                 )
-            frequency = self.class_frequency.to(prep.target)
+            frequency = self.class_frequency.to(prep.logits)
             return (frequency.sum() / frequency)[prep.classes].sqrt()
         counts = prep.target.sum([0, *prep.spatial_dims])  # each voxel that takes part has exactly one label
         total = prep.voxel_count().sum().to(counts)
         return torch.where(counts > 0, total / counts.clamp_min(1), 0.0).sqrt()
+
+    def label_map_loss(self, prep: Prepared, num_classes: int) -> torch.Tensor:
+        """The loss per item ``(B,)`` for a softmax and hard labels, without a one-hot target: the Dice term from
+        :func:`~medseg.losses._prepare.overlap_stats`'s label-map path, the CE term from the log-probability of
+        each voxel's label (one gather) weighted by its class's :math:`w_l` (0 for a class left out)."""
+        tp, fp, fn = overlap_stats(prep)
+        dice = (2.0 * tp + self.smooth_nr) / (2.0 * tp + fp + fn + self.smooth_dr)
+        dice_term = (-torch.log(dice.clamp_min(_POW_FLOOR))).clamp_min(_POW_FLOOR).pow(self.gamma_dice).mean(1)
+
+        if self.class_frequency is not None:
+            weights = self.label_weights(prep, num_classes)
+        else:
+            counts = prep.label_counts()[prep.classes]
+            total = prep.voxel_count().sum().to(counts)
+            weights = torch.where(counts > 0, total / counts.clamp_min(1), 0.0).sqrt()
+        table = torch.zeros(num_classes, dtype=weights.dtype, device=weights.device)
+        table[prep.classes] = weights  # a class left out by include_background=False weighs 0
+        neg_log_p = (-prep.label_log_prob()).clamp_min(_POW_FLOOR).pow(self.gamma_ce)
+        voxel_terms = prep.masked(table[prep.labels].unsqueeze(1) * neg_log_p)
+        ce_term = voxel_terms.flatten(1).sum(1) / prep.voxel_count().clamp_min(1)
+        return self.weight_dice * dice_term + self.weight_ce * ce_term
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor) and input.ndim > 1 and input.shape[1] < 2:
@@ -409,7 +438,10 @@ class ExpLogLoss(SegmentationLoss):
                 "torch.cat([torch.zeros_like(x), x], 1) with softmax=True for a foreground logit x (the softmax of "
                 "(0, x) is the sigmoid), or torch.cat([1 - p, p], 1) for a foreground probability p"
             )
-        prep = self.prepare(input, target)
+        with shared_preparation(log_softmax_first=True):  # one softmax for both terms
+            prep = self.prepare(input, target)
+            if prep.activation == "softmax" and prep.labels is not None:
+                return reduce(self.label_map_loss(prep, input.shape[1]), self.reduction)
         p = prep.masked(prep.probs)
         g = prep.target
         dims = prep.spatial_dims

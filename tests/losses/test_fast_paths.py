@@ -218,3 +218,36 @@ def test_float32_sums_over_a_large_volume_stay_accurate():
     )
     torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-11)
+
+
+def hand_exp_log(logits, labels, mask, include_background=True, gamma=0.3, smooth=1.0):
+    """Wong et al.'s exponential logarithmic loss on an explicit one-hot target (weights 0.8 / 0.2)."""
+    p = torch.softmax(logits, 1)
+    g = torch.nn.functional.one_hot(labels[:, 0], logits.shape[1]).movedim(-1, 1).to(logits) * mask
+    first = 0 if include_background else 1
+    p, g, log_p = p[:, first:], g[:, first:], torch.log_softmax(logits, 1)[:, first:]
+    tp = (p * mask * g).sum((2, 3))
+    dice = (2 * tp + smooth) / ((p * mask).sum((2, 3)) + g.sum((2, 3)) + smooth)
+    dice_term = (-torch.log(dice)).clamp_min(1e-12).pow(gamma).mean(1)
+    counts = g.sum((0, 2, 3))
+    weights = torch.where(counts > 0, mask.sum() / counts.clamp_min(1), 0.0).sqrt().view(1, -1, 1, 1)
+    ce = (g * weights * (-log_p).clamp_min(1e-12).pow(gamma)).sum((1, 2, 3)) / mask.sum((1, 2, 3))
+    return (0.8 * dice_term + 0.2 * ce).mean()
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_exp_log_builds_no_one_hot_takes_one_softmax_and_equals_the_formula(include_background):
+    logits, labels = batch(seed=9)
+    labels = labels.clone()
+    labels[labels == 3] = 2  # class 3 absent: weight 0
+    labels[0, 0, 0] = 255
+    loss = get_loss("exp_log", softmax=True, include_background=include_background, ignore_index=255)
+    with no_one_hot(), counting_softmaxes() as softmaxes:
+        value, grad = value_and_grad(loss, logits, labels)
+    assert sum(softmaxes.values()) == 1, softmaxes
+    mask = (labels != 255).to(logits)
+    expected, expected_grad = value_and_grad(
+        lambda x, y: hand_exp_log(x, y.masked_fill(y == 255, 0), mask, include_background), logits, labels
+    )
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
