@@ -91,9 +91,7 @@ def _row_terms(
         top = errors.index_select(0, index)
         return (top[0], index, torch.ones(1, dtype=dtype, device=errors.device)) if top[0] > 0 else None
     threshold = errors.masked_select(foreground).min()
-    kept = (errors >= threshold) | foreground
-    if threshold <= 0:
-        kept &= errors > 0
+    kept = (errors >= threshold) | foreground if threshold > 0 else errors > 0
     index = kept.nonzero().squeeze(1)
     if index.numel() == 0:
         return None
