@@ -277,7 +277,8 @@ def main() -> int:
         text = f"\n### {w} logits {WORKLOADS[w]} float32\n\n" + table.round(2).to_markdown()
         print(text, flush=True)
         out.append(text)
-        records += [{"workload": w, **row} for row in table.reset_index().to_dict("records")]
+        rows = table.reset_index().astype(object).where(table.reset_index().notna(), None)  # NaN -> JSON null
+        records += [{"workload": w, **row} for row in rows.to_dict("records")]
     if "transforms" in args.section:
         sys.path.insert(0, str(Path(__file__).parent))
         from bench_transforms import bench_cache_dataset, bench_distance_maps
