@@ -135,19 +135,24 @@ class Prepared:
 
     @cached_property
     def probs(self) -> torch.Tensor:
+        return self._keep(self.all_probs)
+
+    @cached_property
+    def all_probs(self) -> torch.Tensor:
+        """``probs`` of all C classes, before ``include_background=False`` drops class 0."""
         x = self._full_logits
         if self.activation == "softmax":
             shared = self._shared
             if shared is not None and (shared["log_softmax_first"] or "log_softmax" in shared):  # one softmax: exp
-                return self._keep(_memo(shared, "softmax", lambda: self._full_log_softmax().exp()))
-            return self._keep(_memo(self._shared, "softmax", lambda: torch.softmax(x, 1)))
+                return _memo(shared, "softmax", lambda: self._full_log_softmax().exp())
+            return _memo(self._shared, "softmax", lambda: torch.softmax(x, 1))
         if self.activation == "sigmoid":
-            return self._keep(_memo(self._shared, "sigmoid", lambda: torch.sigmoid(x)))
+            return _memo(self._shared, "sigmoid", lambda: torch.sigmoid(x))
         if self.activation == "other":
-            return self._keep(self._other_act(x).to(x.dtype))
+            return self._other_act(x).to(x.dtype)
         if x.shape[1] == 1:
             _check_probabilities(x, self.loss_name)
-        return self._keep(x)
+        return x
 
     @cached_property
     def log_probs(self) -> torch.Tensor:

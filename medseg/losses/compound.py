@@ -314,8 +314,32 @@ class ComboLoss(SegmentationLoss):
         self.dice.loss_name = f"the Dice term of {self.loss_name}"
         self.dice.warns_on_single_channel_softmax = False  # the combo's own prepare has warned already
 
+    def label_map_ce_sums(self, prep: Prepared) -> torch.Tensor:
+        r"""The β-weighted CE summed per item and class ``(B, C')`` for a softmax and hard labels, no one-hot:
+        :math:`-\beta \sum_{i: l_i = c} \log p_{ic}` by a gather and a float64 ``scatter_add`` over the labels,
+        :math:`-(1-\beta) \sum_{i: l_i \ne c} \log(1 - p_{ic})` with each voxel's own label zeroed (no
+        cancellation)."""
+        log_p_label = prep.label_log_prob()  # before the probabilities: in a shared block they are its exp
+        p = prep.all_probs
+        log_not_p = torch.log1p(-p.clamp(max=1.0 - torch.finfo(p.dtype).eps))
+        labels = prep.labels.unsqueeze(1)
+        log_not_p = log_not_p.scatter(1, labels, 0.0)  # the negatives only
+        negatives = prep.masked(log_not_p).sum(prep.spatial_dims)
+        b, c = p.shape[:2]
+        positives = torch.zeros(b, c, dtype=torch.float64, device=p.device).scatter_add(
+            1, labels.flatten(1), prep.masked(log_p_label).flatten(1).to(torch.float64)
+        )
+        terms = -(self.beta * positives.to(p.dtype) + (1.0 - self.beta) * negatives)
+        return terms[:, prep.classes[0] :]
+
     def weighted_ce(self, prep: Prepared) -> torch.Tensor:
         """β-weighted binary CE per item and class ``(B, C')`` (``(C',)`` with ``batch=True``)."""
+        if prep.activation == "softmax" and prep.labels is not None:
+            terms = self.label_map_ce_sums(prep)
+            counted = prep.voxel_count()
+            if self.batch:
+                return terms.sum(0) / counted.sum().clamp_min(1)
+            return terms / counted.clamp_min(1).unsqueeze(1)
         g = prep.target
         log_p = prep.log_probs  # before the probabilities: in a shared block they are its exp (one softmax)
         if prep.activation == "sigmoid":

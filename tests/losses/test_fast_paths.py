@@ -251,3 +251,42 @@ def test_exp_log_builds_no_one_hot_takes_one_softmax_and_equals_the_formula(incl
     )
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def hand_combo(logits, labels, mask, alpha=0.5, beta=0.3, smooth=1e-5):
+    """Taghanaki et al.'s combo loss on an explicit one-hot target, per item and class, then the mean."""
+    p = torch.softmax(logits, 1)
+    g = torch.nn.functional.one_hot(labels[:, 0], logits.shape[1]).movedim(-1, 1).to(logits)
+    log_not_p = torch.log1p(-p.clamp(max=1 - torch.finfo(p.dtype).eps))
+    ce = (-(beta * g * torch.log_softmax(logits, 1) + (1 - beta) * (1 - g) * log_not_p) * mask).sum((2, 3))
+    ce = ce / mask.sum((1, 2, 3)).unsqueeze(1)
+    tp = (p * g * mask).sum((2, 3))
+    dice = 1 - (2 * tp + smooth) / ((p * mask).sum((2, 3)) + (g * mask).sum((2, 3)) + smooth)
+    return (alpha * ce + (1 - alpha) * dice).mean()
+
+
+def test_combo_builds_no_one_hot_takes_one_softmax_and_equals_the_formula():
+    logits, labels = batch(seed=10)
+    labels = labels.clone()
+    labels[1, 0, 2] = 255
+    loss = get_loss("combo", softmax=True, beta=0.3, ignore_index=255)
+    with no_one_hot(), counting_softmaxes() as softmaxes:
+        value, grad = value_and_grad(loss, logits, labels)
+    assert sum(softmaxes.values()) == 1, softmaxes
+    mask = (labels != 255).to(logits)
+    expected, expected_grad = value_and_grad(
+        lambda x, y: hand_combo(x, y.masked_fill(y == 255, 0), mask), logits, labels
+    )
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_combo_negatives_keep_float32_accuracy_on_confident_logits():
+    """log(1 - p) of each voxel's own label (near its floor, -16) is left out, not added and then subtracted."""
+    logits, labels = batch(seed=11, shape=(2, 64, 64), dtype=torch.float32)
+    logits = (10 * logits).detach().requires_grad_(True)
+    value, grad = value_and_grad(get_loss("combo", softmax=True), logits, labels)
+    mask = torch.ones_like(labels, dtype=logits.dtype)
+    expected, expected_grad = value_and_grad(lambda x, y: hand_combo(x, y, mask, beta=0.5), logits, labels)
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-8)  # gradients ~1e-5 here
