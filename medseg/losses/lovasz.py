@@ -158,6 +158,16 @@ def _lovasz_rows(
     return _LovaszRows.apply(values, foreground, valid, per_image, kind)
 
 
+def _check_probabilities(probs: torch.Tensor) -> None:
+    """The errors |g - p| and their sorted order are those of probabilities: refuse values outside [0, 1]."""
+    lowest, highest = (float(v) for v in torch.aminmax(probs.detach()))
+    if lowest < 0.0 or highest > 1.0:  # NaN compares False: the finiteness check names it instead
+        raise ValueError(
+            f"LovaszSoftmaxLoss got values in [{lowest:.4g}, {highest:.4g}] without softmax or sigmoid, so it would "
+            "read them as class probabilities: pass logits with softmax=True, or probabilities in [0, 1]"
+        )
+
+
 def lovasz_extension(errors: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
     r"""Lovász extension of the Jaccard loss at ``errors``: :math:`\sum_k e_{(k)} (J_k - J_{k-1})` per row.
 
@@ -165,6 +175,8 @@ def lovasz_extension(errors: torch.Tensor, foreground: torch.Tensor) -> torch.Te
     on its own, and only where it matters (the foreground, and the background voxels with at least the smallest
     foreground error).
     """
+    if errors.numel() and float(errors.detach().min()) < 0:
+        raise ValueError("lovasz_extension needs non-negative errors (as |g - p| or a hinge's max(0, ·))")
     rows = errors.reshape(-1, 1, errors.shape[-1])
     foreground = foreground.reshape(rows.shape) > 0
     return _LovaszRows.apply(rows, foreground, None, True, "errors").view(errors.shape[:-1])
@@ -210,6 +222,7 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     """
 
     warns_on_single_channel_softmax = False  # softmax is this loss's own default: one channel is binary by definition
+    nan_propagates = False  # a NaN error can fall outside the sorted voxels (see _row_terms): checked upfront
 
     def __init__(
         self,
@@ -254,6 +267,8 @@ class LovaszSoftmaxLoss(SegmentationLoss):
         columns = self._columns(prep)
         every = columns == list(range(len(prep.classes)))
         probs = prep.probs if every else prep.probs[:, columns]
+        if prep.activation not in ("softmax", "sigmoid"):
+            _check_probabilities(probs)
         foreground = prep.target if every else prep.target[:, columns]
         per_class = _lovasz_rows(probs, foreground, prep.mask, self.per_image, "softmax")
         present = foreground.flatten(2).any(-1)
@@ -300,6 +315,8 @@ class LovaszHingeLoss(SegmentationLoss):
     Reference: Berman, Rannen Triki, Blaschko, CVPR 2018 (the Lovász hinge of Yu and Blaschko, ICML 2015,
     applied to the Jaccard loss). Parity: ``kornia.losses.LovaszHingeLoss`` (one channel, 2D, per image).
     """
+
+    nan_propagates = False  # a NaN error can fall outside the sorted voxels (see _row_terms): checked upfront
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medseg.losses import LovaszHingeLoss, LovaszSoftmaxLoss
+from medseg.losses.lovasz import lovasz_extension
 
 from .cases import CASES
 from .test_properties import one_hot, random_batch
@@ -330,6 +331,16 @@ def test_hinge_hand_worked():
     assert torch.allclose(LovaszHingeLoss()(logits, labels), torch.tensor(0.9, dtype=torch.float64), atol=1e-12)
     # background only: the Lovász extension of the 0/1 step is max(0, 1 + max z) = 1 + 2
     assert torch.allclose(LovaszHingeLoss()(logits, torch.zeros_like(labels)), torch.tensor(3.0, dtype=torch.float64))
+
+
+def test_values_that_are_not_probabilities_raise_without_softmax():
+    # the errors |g - p| and their order assume probabilities; logits passed with softmax=False are refused
+    logits, labels = 3 * torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"softmax=True, or probabilities in \[0, 1\]"):
+        LovaszSoftmaxLoss(softmax=False)(logits, labels)
+    with pytest.raises(ValueError, match="non-negative"):
+        lovasz_extension(torch.tensor([[0.5, -0.1, 0.2]]), torch.tensor([[1, 0, 1]]))
+    LovaszSoftmaxLoss(softmax=False)(logits.softmax(1), labels)  # probabilities pass
 
 
 def test_fully_ignored_image_and_empty_batch_get_no_gradient():
