@@ -197,7 +197,8 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     Defaults follow the authors' reference ``lovasz_softmax``: ``per_image=False`` (the whole batch is one set of
     voxels) and ``classes="present"`` (only classes present in the target are scored). ``classes="all"`` scores
     every class, ``classes=[...]`` the listed class indices. N-D (2D, 3D). Takes logits: the softmax is part of
-    the loss (as in kornia); ``softmax=False`` takes probabilities, as the authors' reference does.
+    the loss (as in kornia); ``softmax=False`` takes probabilities, as the authors' reference does (values
+    outside [0, 1] raise a ValueError).
     Unlike the reference, the errors are not cast to float32: float64 input stays float64 (gradcheck holds).
 
     Empty classes: with ``"present"`` a class absent from the target (of the image, with ``per_image``) is not
