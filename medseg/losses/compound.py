@@ -564,8 +564,33 @@ class UnifiedFocalLoss(SegmentationLoss):
         background = torch.tensor([True, False] * channels, device=p.device)
         return probs, logs, target, background, channels
 
+    def label_map_loss(self, prep: Prepared) -> torch.Tensor:
+        """The loss per item ``(B,)`` for a softmax and hard labels, without a one-hot target: the Tversky indices
+        from :func:`~medseg.losses._prepare.overlap_stats`'s label-map path; the focal term, whose only non-zero
+        class per voxel is its label, from that label's log-probability (one gather)."""
+        tp, fp, fn = overlap_stats(prep)
+        tversky = (tp + self.smooth_nr) / (tp + self.delta * fn + (1.0 - self.delta) * fp + self.smooth_dr)
+        miss = 1.0 - tversky
+        enhanced = miss.clamp_min(_POW_FLOOR).pow(1.0 - self.gamma)
+        background = torch.tensor([c == 0 for c in prep.classes], device=miss.device)
+        focal_tversky = torch.where(background.view(1, -1), miss, enhanced).mean(1)
+
+        log_p = prep.label_log_prob()  # (B, 1, *spatial)
+        is_background = prep.labels.unsqueeze(1) == 0
+        if prep.classes[0] == 0:
+            suppressed = (1.0 - self.delta) * (1.0 - log_p.exp()).clamp_min(_POW_FLOOR).pow(self.gamma)
+            weight = torch.where(is_background, suppressed, self.delta)
+        else:  # class 0 left out: its voxels add nothing
+            weight = self.delta * (~is_background).to(log_p.dtype)
+        voxel_focal = prep.masked(-weight * log_p)
+        focal = voxel_focal.flatten(1).sum(1) / prep.voxel_count().clamp_min(1)
+        return self.tversky_weight * focal_tversky + (1.0 - self.tversky_weight) * focal
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prep = self.prepare(input, target)
+        with shared_preparation(log_softmax_first=True):  # one softmax for both terms
+            prep = self.prepare(input, target)
+            if prep.activation == "softmax" and prep.labels is not None:
+                return reduce(self.label_map_loss(prep), self.reduction)
         p, log_p, g, background, problems = self.class_view(prep)
         shape = (1, -1, *([1] * (p.ndim - 2)))
         is_bg = background.view(shape)

@@ -290,3 +290,40 @@ def test_combo_negatives_keep_float32_accuracy_on_confident_logits():
     expected, expected_grad = value_and_grad(lambda x, y: hand_combo(x, y, mask, beta=0.5), logits, labels)
     torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-8)  # gradients ~1e-5 here
+
+
+def hand_unified_focal(logits, labels, mask, include_background, lam=0.5, delta=0.6, gamma=0.5, smooth=1e-5):
+    """Yeung et al.'s asymmetric unified focal loss on an explicit one-hot target (softmax, class 0 background)."""
+    p, log_p = torch.softmax(logits, 1), torch.log_softmax(logits, 1)
+    g = torch.nn.functional.one_hot(labels[:, 0], logits.shape[1]).movedim(-1, 1).to(logits) * mask
+    first = 0 if include_background else 1
+    p, log_p, g = p[:, first:], log_p[:, first:], g[:, first:]
+    tp = (p * mask * g).sum((2, 3))
+    fn, fp = g.sum((2, 3)) - tp, (p * mask).sum((2, 3)) - tp
+    miss = 1 - (tp + smooth) / (tp + delta * fn + (1 - delta) * fp + smooth)
+    per_class = [miss[:, k] if k + first == 0 else miss[:, k].pow(1 - gamma) for k in range(miss.shape[1])]
+    focal_tversky = torch.stack(per_class, 1).mean(1)
+    ce = -g * log_p
+    per_voxel = [
+        (1 - delta) * (1 - p[:, k]).pow(gamma) * ce[:, k] if k + first == 0 else delta * ce[:, k]
+        for k in range(ce.shape[1])
+    ]
+    focal = (torch.stack(per_voxel, 1) * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3))
+    return (lam * focal_tversky + (1 - lam) * focal).mean()
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_unified_focal_builds_no_one_hot_takes_one_softmax_and_equals_the_formula(include_background):
+    logits, labels = batch(seed=12)
+    labels = labels.clone()
+    labels[0, 0, 1] = 255
+    loss = get_loss("unified_focal", softmax=True, include_background=include_background, ignore_index=255)
+    with no_one_hot(), counting_softmaxes() as softmaxes:
+        value, grad = value_and_grad(loss, logits, labels)
+    assert sum(softmaxes.values()) == 1, softmaxes
+    mask = (labels != 255).to(logits)
+    expected, expected_grad = value_and_grad(
+        lambda x, y: hand_unified_focal(x, y.masked_fill(y == 255, 0), mask, include_background), logits, labels
+    )
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
