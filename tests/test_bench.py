@@ -68,7 +68,8 @@ def test_a_small_run_writes_every_column_and_a_comparable_file(tmp_path, monkeyp
     for row in rows.values():
         assert row["ms"] > 0 and row["x_ce"] > 0 and row["peak_mb"] > 0 and row["ce_peak_mb"] > 0
     assert rows["dice"]["ref"] == "monai.DiceLoss"
-    assert rows["lovasz"]["ref"] == "toolbelt lovasz_softmax"
+    toolbelt = bench_losses.toolbelt_lovasz() is not None  # an optional install (not in the dev extras)
+    assert rows["lovasz"]["ref"] == ("toolbelt lovasz_softmax" if toolbelt else "")
     assert bench_losses.compare(str(out), str(out))[1] is False
 
 
