@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.nn.functional import logsigmoid, nll_loss
@@ -20,6 +21,37 @@ __all__ = [
     "FocalLoss",
     "TopKLoss",
 ]
+
+
+class _SignedFocalTerms(torch.autograd.Function):
+    r"""Sigmoid focal terms :math:`-(1 - p_t)^\gamma \log p_t` with 0/1 targets, :math:`p_t = \sigma(z)` of the
+    signed logit :math:`z = \pm x` (+ for positives), with the analytic gradient
+    :math:`\partial/\partial z = (1 - p_t)^\gamma (\gamma\, p_t \log p_t - (1 - p_t))` from the saved
+    :math:`1 - p_t` and :math:`\log p_t` (no autograd chain of ``where``, ``sigmoid``, ``pow``, ``logsigmoid``)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, positive: torch.Tensor, gamma: float) -> torch.Tensor:
+        signed = torch.where(positive, logits, -logits)
+        log_pt = logsigmoid(signed)
+        one_minus_pt = torch.sigmoid(signed.neg_())  # σ(−z): no cancellation for a confident p_t
+        terms = one_minus_pt.pow(gamma).mul_(log_pt).neg_()
+        ctx.save_for_backward(positive, log_pt, one_minus_pt, logits)
+        ctx.gamma = gamma
+        return terms
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        positive, log_pt, one_minus_pt, logits = ctx.saved_tensors
+        gamma = ctx.gamma
+        if torch.is_grad_enabled():  # create_graph: the same formula in tracked ops from the logits
+            signed = torch.where(positive, logits, -logits)
+            log_pt, one_minus_pt = logsigmoid(signed), torch.sigmoid(-signed)
+            dz = ((1.0 - one_minus_pt) * log_pt * gamma - one_minus_pt) * one_minus_pt.pow(gamma) * grad
+            return torch.where(positive, dz, -dz), None, None
+        # d terms / dz = (1 − p_t)^γ (γ p_t log p_t − (1 − p_t)), p_t = 1 − (1 − p_t)
+        dz = (1.0 - one_minus_pt).mul_(log_pt).mul_(gamma).sub_(one_minus_pt).mul_(one_minus_pt.pow(gamma))
+        dz.mul_(grad)
+        return torch.where(positive, dz, -dz), None, None
 
 
 def voxel_cross_entropy(prep: Prepared) -> torch.Tensor:
@@ -372,8 +404,7 @@ class FocalLoss(SegmentationLoss):
             log_p = prep.log_probs if self.include_background else torch.log_softmax(prep.logits, 1)
             terms = -g * (1 - log_p.exp()).pow(self.gamma) * log_p
         elif prep.labels is not None:  # 0/1 targets: p_t = σ(s) with the signed logit s = x for positives, −x else
-            signed = torch.where(g > 0, prep.logits, -prep.logits)
-            terms = -torch.sigmoid(-signed).pow(self.gamma) * logsigmoid(signed)  # fewer passes, same terms
+            terms = _SignedFocalTerms.apply(prep.logits, g > 0, self.gamma)  # fewer passes, same terms
         else:
             x = prep.logits
             log_pt = g * logsigmoid(x) + (1 - g) * logsigmoid(-x)

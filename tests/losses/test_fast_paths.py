@@ -13,7 +13,16 @@ import monai.losses
 import pytest
 import torch
 
-from medseg.losses import CompoundLoss, DiceLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss, _prepare, get_loss
+from medseg.losses import (
+    CompoundLoss,
+    DiceLoss,
+    FocalLoss,
+    GeneralizedDiceLoss,
+    JaccardLoss,
+    TverskyLoss,
+    _prepare,
+    get_loss,
+)
 
 from .test_shared_prepare import counting_softmaxes
 
@@ -327,3 +336,47 @@ def test_unified_focal_builds_no_one_hot_takes_one_softmax_and_equals_the_formul
     )
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def graph_nodes(tensor):
+    """Names of the autograd nodes behind ``tensor``."""
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5, 0.0])
+def test_sigmoid_focal_takes_one_analytic_node_and_equals_torchvision_terms(gamma):
+    logits, labels = batch(seed=13)
+    logits = (4 * logits).detach().requires_grad_(True)  # confident voxels, 1 - p_t down to ~1e-16
+    labels = labels.clone()
+    labels[1, 0, 0] = 255
+    loss = FocalLoss(gamma=gamma, alpha=0.25, weight=[1.0, 2.0, 0.5, 1.0], ignore_index=255)
+    value, grad = value_and_grad(loss, logits, labels)
+    nodes = graph_nodes(loss(logits, labels))
+    assert "_SignedFocalTermsBackward" in nodes and "SigmoidBackward0" not in nodes
+    mask = (labels != 255).to(logits)
+    g = torch.nn.functional.one_hot(labels.masked_fill(labels == 255, 0)[:, 0], 4).movedim(-1, 1).to(logits)
+
+    def by_hand(x, _):  # torchvision.ops.sigmoid_focal_loss's terms, MONAI's alpha and class weights, then the mean
+        p = torch.sigmoid(x)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x, g, reduction="none")
+        terms = (1 - (p * g + (1 - p) * (1 - g))) ** gamma * bce * (0.25 * g + 0.75 * (1 - g))
+        terms = terms * torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=x.dtype).view(1, -1, 1, 1) * mask
+        return terms.sum() / (mask.sum() * 4)
+
+    expected, expected_grad = value_and_grad(by_hand, logits, labels)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_sigmoid_focal_second_derivatives_stay_exact():
+    logits, labels = batch(seed=14, shape=(2, 3, 2))
+    for gamma in (2.0, 1.5):
+        loss = FocalLoss(gamma=gamma, alpha=0.25)
+        assert torch.autograd.gradgradcheck(lambda x, loss=loss: loss(x, labels), (logits,))
