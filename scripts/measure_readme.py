@@ -109,8 +109,9 @@ def runtimes_markdown(timings: list[Timing], where: str, previous: str = "") -> 
     caveat = (
         f"The load average reached {busiest:.1f} on {usable} cores: other processes shared them, so these figures "
         "are inflated; re-measure on an idle machine before quoting them as this machine's speed."
-        if busiest > 0.5 * usable
-        else "The machine was otherwise idle (load average below half the cores)."
+        if busiest > usable
+        else f"The 1-minute load average, which counts the measured commands' own processes (and the previous "
+        f"command's for a minute), stayed at or below {busiest:.1f} on {usable} cores: no contention."
     )
     return "\n".join(
         [
