@@ -10,6 +10,7 @@ from monai.transforms import Compose, MapTransform, RandFlipd, RandSpatialCropd
 from torch import nn
 
 from medseg.engine import BatchAuxLoss, LossWeightSchedule, PrepareBatchWithAux, rebalance_schedule
+from medseg.losses import CompoundLoss
 
 
 class CountingLabelCopy(MapTransform):
@@ -120,8 +121,6 @@ def test_weight_schedule_sets_weights_at_each_epoch_start():
 def test_weight_schedule_drives_a_real_compound_loss():
     from ignite.engine import Engine, Events
 
-    from medseg.losses import CompoundLoss
-
     loss = CompoundLoss({"dice": 1.0, "boundary": 0.0}, loss_kwargs={"dice": {"softmax": True}})
     engine = Engine(lambda e, b: None)
     LossWeightSchedule(BatchAuxLoss(loss), rebalance_schedule("dice", "boundary", step=0.25, floor=0.5)).attach(engine)
@@ -132,8 +131,26 @@ def test_weight_schedule_drives_a_real_compound_loss():
     assert [w["boundary"] for w in seen] == [0.0, 0.25, 0.5, 0.5]
 
 
+def dice_boundary_trainer(dataset: CacheDataset) -> tuple[SupervisedTrainer, BatchAuxLoss, CompoundLoss]:
+    """One epoch of a 2-class conv net on ``dataset`` with 0.5·Dice + 0.5·boundary, maps handed over by the batch."""
+    compound = CompoundLoss(
+        {"dice": 0.5, "boundary": 0.5}, loss_kwargs={"dice": {"softmax": True}, "boundary": {"softmax": True}}
+    )
+    loss = BatchAuxLoss(compound)
+    net = nn.Conv2d(1, 2, 3, padding=1)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(dataset, batch_size=1),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+        loss_function=loss,
+        prepare_batch=PrepareBatchWithAux(loss),
+    )
+    return trainer, loss, compound
+
+
 def test_three_iterations_with_distancemapd_and_a_boundary_loss():
-    from medseg.losses import CompoundLoss
     from medseg.transforms import DistanceMapd
 
     class CountingDistanceMapd(DistanceMapd):
@@ -152,20 +169,7 @@ def test_three_iterations_with_distancemapd_and_a_boundary_loss():
         ]
     )
     dataset = CacheDataset(make_items(3), transforms, cache_rate=1.0, progress=False)
-    compound = CompoundLoss(
-        {"dice": 0.5, "boundary": 0.5}, loss_kwargs={"dice": {"softmax": True}, "boundary": {"softmax": True}}
-    )
-    loss = BatchAuxLoss(compound)
-    net = nn.Conv2d(1, 2, 3, padding=1)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=DataLoader(dataset, batch_size=1),
-        network=net,
-        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
-        loss_function=loss,
-        prepare_batch=PrepareBatchWithAux(loss),
-    )
+    trainer, loss, compound = dice_boundary_trainer(dataset)
     trainer.run()
     assert trainer.state.iteration == 3
     assert CountingDistanceMapd.calls == 3  # computed once per item when the cache was built
@@ -178,7 +182,6 @@ def distance_map_trainer(mode: str, strip_meta: bool, affine: torch.Tensor | Non
     from monai.data import MetaTensor
     from monai.transforms import EnsureTyped, RandCropByPosNegLabeld
 
-    from medseg.losses import CompoundLoss
     from medseg.transforms import DistanceMapd
 
     items = make_items(3)
@@ -193,20 +196,7 @@ def distance_map_trainer(mode: str, strip_meta: bool, affine: torch.Tensor | Non
     if strip_meta:  # as the bundles end their chains: the map's own meta is gone, the sidecar key remains
         chain.append(EnsureTyped(keys, track_meta=False))
     dataset = CacheDataset(items, Compose(chain), cache_rate=1.0, progress=False)
-    compound = CompoundLoss(
-        {"dice": 0.5, "boundary": 0.5}, loss_kwargs={"dice": {"softmax": True}, "boundary": {"softmax": True}}
-    )
-    loss = BatchAuxLoss(compound)
-    net = nn.Conv2d(1, 2, 3, padding=1)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=DataLoader(dataset, batch_size=1),
-        network=net,
-        optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
-        loss_function=loss,
-        prepare_batch=PrepareBatchWithAux(loss),
-    )
+    trainer, loss, _ = dice_boundary_trainer(dataset)
     return trainer, loss
 
 
