@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-resume",
         action="store_true",
-        help="start afresh in the run folder; its earlier checkpoints move to models/replaced-<time>/",
+        help="start afresh; the earlier run's checkpoints and logs move to models/ and eval/replaced-<time>/",
     )
     train.add_argument("--max-epochs", type=_positive_int)
     train.add_argument("--fold", type=int, help="generic_3d: cross-validation fold 0..4 instead of the seeded split")
