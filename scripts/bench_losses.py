@@ -41,6 +41,8 @@ from medseg.losses import get_loss, list_losses, loss_info
 WORKLOADS = {"2d": (8, 9, 224, 224), "3d": (2, 14, 96, 96, 96)}
 # the losses that need only logits, labels and a map (not a network's features, a checkpoint or C·K channels)
 NEEDS_MORE = {"conditional_boundary", "inverse_form", "boundary_aware"}
+#: extra rows: a registered loss under other arguments (row label -> (loss name, keyword arguments))
+VARIANTS: dict[str, tuple[str, dict]] = {"focal[sigmoid]": ("focal", {})}
 
 
 def _gwdl_matrix(c: int) -> torch.Tensor:
@@ -56,6 +58,7 @@ EQUIVALENTS: dict[str, Callable[[int], Callable]] = {
     "tversky": lambda c: ml.TverskyLoss(to_onehot_y=True, softmax=True),
     "asym_similarity": lambda c: ml.TverskyLoss(to_onehot_y=True, softmax=True, alpha=1 / 3.25, beta=2.25 / 3.25),
     "focal": lambda c: ml.FocalLoss(to_onehot_y=True, use_softmax=True),
+    "focal[sigmoid]": lambda c: ml.FocalLoss(to_onehot_y=True),
     "dice_ce": lambda c: ml.DiceCELoss(to_onehot_y=True, softmax=True),
     "dice_focal": lambda c: ml.DiceFocalLoss(to_onehot_y=True, softmax=True),
     "boundary": lambda c: ml.BoundaryLoss(to_onehot_y=True, softmax=True),
@@ -117,11 +120,23 @@ def _other_equivalents() -> dict[str, Callable[[int], Callable]]:
 
 
 def loss_kwargs(name: str, num_classes: int) -> dict:
-    """Logits in: ``softmax=True`` where the loss has the flag (the others apply their own activation)."""
+    """Logits in: ``softmax=True`` (``use_softmax=True`` for the focal loss, as its overlays train it) where the loss
+    has the flag (the others apply their own activation); a ``VARIANTS`` row takes its own arguments."""
+    if name in VARIANTS:
+        return VARIANTS[name][1]
     if name == "gwdl":
         return {"dist_matrix": _gwdl_matrix(num_classes)}
     accepts = inspect.signature(loss_info(name).cls.__init__).parameters
-    return {"softmax": True} if "softmax" in accepts else {}
+    for flag in ("softmax", "use_softmax"):
+        if flag in accepts:
+            return {flag: True}
+    return {}
+
+
+def build_loss(row: str, num_classes: int) -> torch.nn.Module:
+    """The loss a benchmark row times: a registered name, or a ``VARIANTS`` label."""
+    name = VARIANTS[row][0] if row in VARIANTS else row
+    return get_loss(name, **loss_kwargs(row, num_classes))
 
 
 def blobby_labels(shape, generator: torch.Generator) -> torch.Tensor:
@@ -180,7 +195,7 @@ def bench_workload(shape, names, repeats: int, device: str, memory: bool = True)
     ce_peak = peak_extra_bytes(ce_floor, logits, labels, {}) if memory else 0
     rows = []
     for name in tqdm(names, desc=f"{'x'.join(map(str, shape))}", leave=False):
-        ours = get_loss(name, **loss_kwargs(name, shape[1])).to(device)
+        ours = build_loss(name, shape[1]).to(device)
         aux = {key: torch.rand(shape, device=device) for key in ours.aux_keys}
         other = equivalents[name](shape[1]) if name in equivalents else None
         times: dict[str, list[float]] = {"ce": [], "ours": [], "ref": []}
@@ -242,7 +257,11 @@ def compare(old_path: str, new_path: str, tolerance: float = 0.10) -> tuple[pd.D
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--losses", nargs="+", help="registered names (default: every loss that needs no network)")
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        help=f"registered names or {', '.join(VARIANTS)} (default: every loss that needs no network, and those)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -265,7 +284,7 @@ def main() -> int:
         print(f"\n{int(table['slower'].sum())} row(s) more than {args.tolerance:.0%} slower (x_ce)")
         return 1 if slower else 0
     torch.set_num_threads(args.threads)
-    names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE]
+    names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE] + list(VARIANTS)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(torch.device(args.device))
