@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch.nn import functional
@@ -28,6 +29,109 @@ def neighbourhood_vectors(x: torch.Tensor, radius: int) -> torch.Tensor:
         for offset in itertools.product(range(radius), repeat=len(spatial))
     ]
     return torch.stack(shifted, dim=2).flatten(3)
+
+
+def _fold_neighbourhoods(vectors: torch.Tensor, shape: torch.Size, radius: int) -> torch.Tensor:
+    """The adjoint of :func:`neighbourhood_vectors`, ``(B, C, R^d, M)`` -> ``shape`` = ``(B, C, *spatial)``: each
+    entry is added back at the voxel it was read from (R^d shifted adds)."""
+    valid = [size - radius + 1 for size in shape[2:]]
+    grid = vectors.unflatten(3, valid)
+    out = vectors.new_zeros(shape)
+    for i, offset in enumerate(itertools.product(range(radius), repeat=len(valid))):
+        out[(slice(None), slice(None), *(slice(o, o + n) for o, n in zip(offset, valid, strict=True)))] += grid[:, :, i]
+    return out
+
+
+def _centred_pairs(labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tensor:
+    r"""The centred neighbourhood vectors of labels and probabilities stacked, :math:`Z = [\tilde Y; \tilde P]`
+    ``(B, C, 2D, M)`` (the authors' ``map_get_pairs``): D label rows, then D probability rows."""
+    batch, classes = probs.shape[:2]
+    pairs = neighbourhood_vectors(torch.stack([labels, probs], 2).flatten(0, 1), radius)  # (B C, 2, D, M)
+    pairs = pairs.reshape(batch, classes, -1, pairs.shape[-1])
+    return pairs - pairs.mean(-1, keepdim=True)
+
+
+class _JointCovariance(torch.autograd.Function):
+    r"""The joint covariance :math:`Z Z^T` ``(B, C, 2D, 2D)`` of :math:`Z = [\tilde Y; \tilde P]`
+    (:func:`_centred_pairs`) in one ``bmm``: its blocks are :math:`\Sigma_Y`, :math:`\Sigma_{YP}` and :math:`\Sigma_P`.
+
+    Backward goes to the probabilities only (the labels take no gradient): :math:`\partial L / \partial \tilde P =
+    [(G + G^T) Z]_{P\ \mathrm{rows}}`, one ``bmm`` of ``(D, 2D)`` by ``(2D, M)``, folded back onto the map. The
+    centring adds no term: the rows of :math:`Z` sum to zero over the positions, so this gradient does too. Under
+    ``create_graph`` the gradient is taken through the tracked ops instead, so higher derivatives stay exact.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tensor:
+        pairs = _centred_pairs(labels, probs, radius)
+        ctx.save_for_backward(pairs, labels, probs)
+        ctx.radius = radius
+        return pairs @ pairs.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        pairs, labels, probs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph
+            tracked = _centred_pairs(labels.detach(), probs, ctx.radius)
+            (grad_probs,) = torch.autograd.grad(tracked @ tracked.transpose(-1, -2), probs, grad, create_graph=True)
+            return None, grad_probs, None
+        dim = pairs.shape[2] // 2
+        rows = grad[..., dim:, :] + grad[..., :, dim:].transpose(-1, -2)
+        return None, _fold_neighbourhoods(rows @ pairs, probs.shape, ctx.radius), None
+
+
+class _SigmoidBCE(torch.autograd.Function):
+    r"""The masked probabilities :math:`m\,\sigma(x)` and the per-image, per-class BCE sums
+    :math:`\sum_i m_i\,\mathrm{BCE}(x_i, t_i)` ``(B, C)`` of binary targets ``t`` (zero where ``m`` is), in three
+    passes over the logits: :math:`\sigma(x)`; :math:`x - 2xt` (exactly :math:`\pm x`); and
+    :math:`\mathrm{softplus}(\pm x)`, which is :math:`-\log\sigma(x)` where :math:`t = 1` and
+    :math:`-\log(1 - \sigma(x))` where :math:`t = 0`, each exact to the last bit (no cancellation).
+
+    Backward in three passes, from the saved :math:`q = m\,\sigma(x)` alone: with :math:`\bar q` the gradient of
+    the probabilities and :math:`\bar b` that of the sums,
+    :math:`\partial L / \partial x = \bar q\,q(1 - q) + \bar b\,(q - t)` (for 0/1 masks
+    :math:`q(1-q) = m\,\sigma(1-\sigma)`). Under ``create_graph`` the tracked ops run instead.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        probs, bce = _sigmoid_bce(logits, target, mask)
+        ctx.save_for_backward(probs, target, logits, mask)
+        return probs, bce
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_probs: torch.Tensor | None, grad_bce: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None]:
+        probs, target, logits, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph
+            outputs = _sigmoid_bce(logits, target, mask, tracked=True)
+            used = [(o, g) for o, g in zip(outputs, (grad_probs, grad_bce), strict=True) if g is not None]
+            (grad,) = torch.autograd.grad([o for o, _ in used], logits, [g for _, g in used], create_graph=True)
+            return grad, None, None
+        if grad_probs is None:
+            grad = torch.zeros_like(probs)
+        else:
+            grad = torch.ops.aten.sigmoid_backward(grad_probs, probs)
+        if grad_bce is not None:
+            weight = grad_bce.view(*grad_bce.shape, *[1] * (probs.ndim - 2))
+            grad.addcmul_(probs, weight).addcmul_(target, weight, value=-1.0)
+        return grad, None, None
+
+
+def _sigmoid_bce(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, tracked: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`_SigmoidBCE`'s outputs; ``tracked``: out-of-place ops only (autograd can differentiate them)."""
+    probs = torch.sigmoid(logits)
+    signed = torch.addcmul(logits, logits, target, value=-2.0)  # -x where t = 1, x where t = 0: exact
+    voxel_bce = functional.softplus(signed, threshold=40.0)  # log1p(exp(·)) up to 40: exact in float32 and 64
+    if mask is not None:
+        probs = probs * mask if tracked else probs.mul_(mask)
+        voxel_bce = voxel_bce * mask if tracked else voxel_bce.mul_(mask)
+    return probs, voxel_bce.flatten(2).sum(-1)
 
 
 def _log_det_spd(matrix: torch.Tensor) -> torch.Tensor:
@@ -124,24 +228,21 @@ class RegionMutualInformationLoss(SegmentationLoss):
                 f"the neighbourhood radius {self.radius}: use a larger patch or a smaller pool_size/radius"
             )
         with torch.autocast(probs.device.type, enabled=False):
-            y = neighbourhood_vectors(labels.double(), self.radius)
-            p = neighbourhood_vectors(probs.double(), self.radius)
-            y = y - y.mean(-1, keepdim=True)
-            p = p - p.mean(-1, keepdim=True)
-            dim = y.shape[2]
-            regulariser = self.alpha * torch.eye(dim, dtype=y.dtype, device=y.device)
+            joint = _JointCovariance.apply(labels.detach().double(), probs.double(), self.radius)
+            dim = joint.shape[-1] // 2
+            regulariser = self.alpha * torch.eye(dim, dtype=joint.dtype, device=joint.device)
             # Σ_YP (Σ_P + αI)^-1 Σ_YP^T as S^T S with S = L^-1 Σ_YP^T and L L^T = Σ_P + αI
-            pred_factor = torch.linalg.cholesky(p @ p.transpose(-1, -2) + regulariser)
-            solved = torch.linalg.solve_triangular(pred_factor, p @ y.transpose(-1, -2), upper=False)
-            posterior = y @ y.transpose(-1, -2) - solved.transpose(-1, -2) @ solved
+            pred_factor = torch.linalg.cholesky(joint[..., dim:, dim:] + regulariser)
+            solved = torch.linalg.solve_triangular(pred_factor, joint[..., dim:, :dim], upper=False)
+            posterior = joint[..., :dim, :dim] - solved.transpose(-1, -2) @ solved
             rmi = 0.5 * _log_det_spd(posterior + regulariser) / dim
         return rmi.to(probs.dtype)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        foreground = prep.target.to(prep.logits.dtype)
-        voxel_bce = -(foreground * prep.log_probs + (1.0 - foreground) * functional.logsigmoid(-prep.logits))
-        bce = prep.masked(voxel_bce).flatten(2).sum(-1) / prep.voxel_count().clamp_min(1).unsqueeze(1)
-        rmi = self.rmi_lower_bound(prep.masked(prep.probs), foreground)
+        target = prep.target
+        probs, bce = _SigmoidBCE.apply(prep.logits, target, prep.mask)
+        bce = bce / prep.voxel_count().clamp_min(1).unsqueeze(1)
+        rmi = self.rmi_lower_bound(probs, target)
         loss = self.bce_weight * bce + (1.0 - self.bce_weight) * rmi
         return reduce(loss, self.reduction, input.ndim - 2)
