@@ -54,6 +54,144 @@ class _SignedFocalTerms(torch.autograd.Function):
         return torch.where(positive, dz, -dz), None, None
 
 
+#: elements of ``(B, C, N)`` per chunk of :class:`_SigmoidFocalSum`: its few temporaries stay in a core's L2 cache
+_CHUNK = 1 << 17
+
+
+class _SigmoidFocalSum(torch.autograd.Function):
+    r"""The weighted sum :math:`\sum_{b,c,i} w_{bci} \big(-(1 - p_t)^\gamma \log p_t\big)` of the sigmoid focal
+    terms with 0/1 targets from a label map, without a one-hot target or a ``(B, C, N)`` terms tensor.
+
+    Voxel :math:`i` is a positive of channel :math:`c` when its label is ``classes[c]``; :math:`p_t = \sigma(z)` of
+    the signed logit :math:`z = \pm x` (+ for positives); :math:`w_{bci} = m_{bi}\, a_{bc}` on positives and
+    :math:`m_{bi}\, n_{bc}` on negatives (``None``: 1). :math:`\gamma = 0` is the weighted binary cross-entropy.
+    The forward runs in cache-sized chunks through all its ops and computes the gradient there too,
+    :math:`\partial/\partial x = \pm w\,(1 - p_t)^\gamma (\gamma\, p_t \log p_t - (1 - p_t))` (the sign of
+    :math:`z`), saving only that; the backward scales it. Under ``create_graph`` the gradient is the same formula in
+    tracked ops, so higher derivatives stay exact.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        classes: torch.Tensor,
+        pos_weight: torch.Tensor | None,
+        neg_weight: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        gamma: float,
+    ) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            total, neg_grad = _sigmoid_focal_chunks(
+                logits, labels, classes, pos_weight, neg_weight, mask, gamma, ctx.needs_input_grad[0]
+            )
+        ctx.save_for_backward(neg_grad, logits, labels, classes, pos_weight, neg_weight, mask)
+        ctx.gamma = gamma
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        neg_grad, logits, labels, classes, pos_weight, neg_weight, mask = ctx.saved_tensors
+        if neg_grad is None:
+            return (None,) * 7
+        if torch.is_grad_enabled():  # create_graph: the same gradient in tracked ops from the logits
+            pos = labels.unsqueeze(1) == classes.view(1, -1, 1)
+            z = torch.where(pos, logits, -logits)
+            log_pt, one_minus_pt = logsigmoid(z), torch.sigmoid(-z)
+            dz = ((1.0 - one_minus_pt) * log_pt * ctx.gamma - one_minus_pt) * one_minus_pt.pow(ctx.gamma)
+            signed = _signed_weight(pos, pos_weight, neg_weight, mask, logits.dtype)
+            return dz * signed * grad, None, None, None, None, None, None
+        return neg_grad * grad.neg(), None, None, None, None, None, None
+
+
+def _signed_weight(
+    pos: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    neg_weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    r""":math:`\pm w` per element of ``pos`` ``(B, C, n)``: + on positives; ``mask`` ``(B, n)``."""
+    if pos_weight is None:
+        signed = torch.where(pos, 1.0, -1.0).to(dtype)
+    else:
+        signed = torch.where(pos, pos_weight.unsqueeze(2), neg_weight.unsqueeze(2).neg())
+    return signed if mask is None else signed.mul_(mask.unsqueeze(1))
+
+
+def _sigmoid_focal_chunks(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    neg_weight: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    gamma: float,
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:class:`_SigmoidFocalSum`'s forward: the sum (float64 across chunks) and minus the gradient (or ``None``)."""
+    b, c, n = logits.shape
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    neg_grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if with_grad else None
+    weighted = pos_weight is not None or mask is not None
+    cls = classes.view(1, -1, 1)
+    step = max(1, _CHUNK // (b * c))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        x = logits[:, :, part]
+        pos = labels[:, None, part] == cls
+        sign = torch.where(pos, 1.0, -1.0).to(x.dtype)
+        z = x * sign
+        log_pt = logsigmoid(z)
+        q = z.neg_().sigmoid_()  # 1 − p_t = σ(−z): no cancellation for a confident p_t
+        focus = None if gamma == 0 else (q * q if gamma == 2 else q.pow(gamma))
+        signed = sign
+        if weighted:
+            signed = _signed_weight(pos, pos_weight, neg_weight, None if mask is None else mask[:, part], x.dtype)
+        if weighted:
+            scaled = signed.abs() if focus is None else focus * signed.abs()
+            total -= torch.dot(scaled.flatten(), log_pt.flatten())
+        elif focus is None:
+            total -= log_pt.sum(dtype=torch.float64)
+        else:
+            total -= torch.dot(focus.flatten(), log_pt.flatten())
+        if neg_grad is None:
+            continue
+        # −∂/∂x = ±w (1 − p_t)^γ ((1 − p_t) − γ p_t log p_t)
+        if gamma != 0:
+            q = torch.addcmul(q, torch.rsub(q, 1.0), log_pt, value=-gamma).mul_(focus)
+        torch.mul(q, signed, out=neg_grad[:, :, part])
+    return total.to(logits.dtype), neg_grad
+
+
+def label_positives(prep: Prepared) -> torch.Tensor:
+    """Voxels of each kept class over the batch ``(C',)`` from the label map, ignored voxels left out; one channel
+    counts the foreground (label 1)."""
+    if prep.logits.shape[1] == 1 and len(prep.classes) == 1 and prep.classes[0] == 0:
+        return prep.masked(prep.labels.unsqueeze(1).to(prep.logits.dtype)).sum().view(1)
+    return prep.label_counts()[prep.classes]
+
+
+def sigmoid_focal_sum(
+    prep: Prepared, gamma: float, pos_weight: torch.Tensor | None = None, neg_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:class:`_SigmoidFocalSum` of the kept channels against the label map (channel c's positives: label c; one
+    channel: label 1), positives weighted by ``pos_weight`` and negatives by ``neg_weight`` ``(B or 1, C')``,
+    ignored voxels left out."""
+    logits = prep.logits
+    b, c = logits.shape[:2]
+    one_channel = prep._full_logits.shape[1] == 1
+    classes = torch.tensor([1] if one_channel else prep.classes, device=logits.device)
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(logits.dtype).expand(b, c).contiguous()
+        neg_weight = neg_weight.to(logits.dtype).expand(b, c).contiguous()
+    mask = None if prep.mask is None else prep.mask.reshape(b, -1)
+    return _SigmoidFocalSum.apply(
+        logits.reshape(b, c, -1), prep.labels.reshape(b, -1), classes, pos_weight, neg_weight, mask, gamma
+    )
+
+
 def voxel_cross_entropy(prep: Prepared) -> torch.Tensor:
     """Per-voxel, per-class cross-entropy terms ``-g log p`` (exclusive classes) or binary CE
     ``-[g log p + (1 - g) log(1 - p)]`` (sigmoid, or a single channel), ``(B, C', ...)``."""
@@ -234,8 +372,12 @@ class BalancedCrossEntropyLoss(SegmentationLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        g = prep.target
         num_voxels = prep.voxel_count().sum()
+        if prep.labels is not None and self.reduction != "none":  # 0/1 targets: one fused weighted-BCE pass
+            beta = (num_voxels - label_positives(prep)) / num_voxels.clamp_min(1)
+            total = sigmoid_focal_sum(prep, 0.0, beta.unsqueeze(0), (1 - beta).unsqueeze(0))
+            return total if self.reduction == "sum" else total / (num_voxels * beta.numel()).clamp_min(1)
+        g = prep.target
         positives = g.sum([0, *prep.spatial_dims])
         beta = ((num_voxels - positives) / num_voxels.clamp_min(1)).view(1, -1, *([1] * len(prep.spatial_dims)))
         if prep.labels is not None:  # 0/1 targets: one log σ of the signed logit (x for positives, −x else)
@@ -392,12 +534,61 @@ class FocalLoss(SegmentationLoss):
             return alpha * g + (1 - alpha) * (1 - g)
         return 1 + (alpha.view(per_class) - 1) * g  # α_c on positives, 1 on negatives (MONAI)
 
+    def class_table(self, like: torch.Tensor, use_softmax: bool, positive: bool = True) -> torch.Tensor:
+        """α (of the positives, or of the negatives for ``positive=False``; softmax: of each class) times the class
+        weight, per kept class ``(C',)`` of ``like`` ``(B, C', ...)``, checked as :meth:`alpha_factor` and
+        ``apply_class_weight`` check them."""
+        num_classes = like.shape[1]
+        side = torch.full((1, num_classes, 1), float(positive), dtype=like.dtype, device=like.device)
+        alpha = self.alpha_factor(side, use_softmax)
+        table = torch.ones_like(side) if alpha is None else alpha.expand_as(side)
+        return apply_class_weight(table, self.class_weight).view(num_classes)
+
+    def reduce_item_sums(self, item_sums: torch.Tensor, prep: Prepared, num_classes: int) -> torch.Tensor:
+        """MONAI's ``"mean"`` (all terms over voxels × classes) or ``"sum"`` (spatial means summed) of per-item sums."""
+        count = prep.voxel_count()
+        if self.reduction == "sum":
+            return (item_sums / count.clamp_min(1)).sum()
+        return item_sums.sum() / (count.sum() * num_classes).clamp_min(1)
+
+    def label_map_sigmoid(self, prep: Prepared) -> torch.Tensor:
+        """Reduced sigmoid focal loss with 0/1 targets from the label map: :class:`_SigmoidFocalSum` (one fused,
+        chunked pass; no one-hot target, no terms tensor)."""
+        c = prep.logits.shape[1]
+        pos_weight = neg_weight = None
+        if self.alpha is not None or self.class_weight is not None or self.reduction == "sum":
+            pos_weight = self.class_table(prep.logits, False).unsqueeze(0)
+            neg_weight = self.class_table(prep.logits, False, positive=False).unsqueeze(0)
+            if self.reduction == "sum":  # MONAI: each item's spatial mean
+                scale = 1.0 / prep.voxel_count().clamp_min(1).unsqueeze(1)
+                pos_weight, neg_weight = pos_weight * scale, neg_weight * scale
+        total = sigmoid_focal_sum(prep, self.gamma, pos_weight, neg_weight)
+        if self.reduction == "sum":
+            return total
+        return total / (prep.voxel_count().sum() * c).clamp_min(1)
+
+    def label_map_softmax(self, prep: Prepared) -> torch.Tensor:
+        """Reduced softmax focal loss with hard labels: each voxel's only non-zero term is its label's,
+        :math:`-\\alpha_l w_l (1 - p_l)^\\gamma \\log p_l`, from a gather of the log-softmax (no one-hot target)."""
+        c = prep.logits.shape[1]
+        table = self.class_table(prep.logits, True)
+        if self.include_background:
+            log_p = prep.label_log_prob()
+        else:  # MONAI's rule: the softmax over the kept classes; class 0's voxels have no term
+            table = torch.cat([table.new_zeros(1), table])
+            log_p = torch.log_softmax(prep.logits, 1).gather(1, (prep.labels - 1).clamp_min(0).unsqueeze(1))
+        voxel_weight = prep.masked(table[prep.labels].unsqueeze(1))
+        terms = voxel_weight * (-torch.expm1(log_p)).pow(self.gamma) * log_p
+        return self.reduce_item_sums(-terms.flatten(1).sum(1), prep, c)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor) and input.ndim == 2:  # (B, C) scores: one voxel per item, as MONAI
             loss = self.forward(input.unsqueeze(-1), target.unsqueeze(-1) if target.ndim == 2 else target)
             return loss.squeeze(-1) if self.reduction == "none" else loss
         prep = self.prepare(input, target)
         use_softmax = prep.activation == "softmax"
+        if prep.labels is not None and self.reduction != "none":  # hard labels: no one-hot, no terms tensor
+            return self.label_map_softmax(prep) if use_softmax else self.label_map_sigmoid(prep)
         g = prep.target
         if use_softmax:
             # MONAI's rule: without background the softmax runs over the kept classes only
