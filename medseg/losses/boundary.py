@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from ..transforms import BACKENDS, distance_maps
 from ..transforms._record import read_map_record
 from ._aux import checked_map
+from ._prediction_maps import channel_argmax, prediction_distances_squared, weighted_squared_error
 from ._prepare import Prepared, SegmentationLoss, prepare, reduce
 from .pixel import prepare_exclusive, reduce_over_voxels, voxel_nll
 from .region import _PerClassRegionLoss
@@ -318,9 +319,10 @@ class HausdorffDTLoss(_MapLoss):
 
     Maps: :math:`d_g` from ``forward(input, target, dist=...)`` with ``DistanceMapd(keys="label", mode="unsigned",
     num_classes=C)`` ``(B, C, *spatial)``; without it, computed each call (slow path). :math:`d_p` is recomputed every
-    call from the current prediction, for all items and classes in one batched call of
-    :func:`~medseg.transforms.distance_maps` (``edt`` on the CPU: one multi-label pass per item and class gives both
-    sides of the boundary; cuCIM for CUDA tensors when installed). ``spacing`` (mm per axis) applies to :math:`d_p`
+    call from the current prediction: on the CPU (``edt``) one two-label pass per item and class with a boundary
+    gives both of its sides, squared (a class in a small box is computed inside it), nothing for an empty or full
+    class; cuCIM for CUDA tensors when installed (:func:`~medseg.losses._prediction_maps.prediction_distances_squared`;
+    it is the loss's dominant cost: one exact EDT per item and class). ``spacing`` (mm per axis) applies to :math:`d_p`
     and to the slow path's :math:`d_g`; a cached map carries its own, and with ``spacing=None`` :math:`d_p` takes the
     spacing the map records (per item), so that both distances are in the same units (voxel units when neither
     says; a map recording another spacing than a given ``spacing`` raises).
@@ -382,14 +384,15 @@ class HausdorffDTLoss(_MapLoss):
         self.alpha = float(alpha)
         self.batch = batch
 
-    def prediction_distance(self, prep: Prepared, spacing: Spacing | torch.Tensor | None = None) -> torch.Tensor:
-        """:math:`d_p`: two-sided distances of the prediction thresholded at 0.5, ``(B, C', *spatial)``, no gradient.
+    def prediction_distance_power(self, prep: Prepared, spacing: Spacing | torch.Tensor | None = None) -> torch.Tensor:
+        r""":math:`d_p^\alpha`: the two-sided distances of the prediction thresholded at 0.5 to the power α,
+        ``(B, C', *spatial)``, no gradient (squared distances from the transform, so α = 2 takes no root or power).
 
         ``spacing``: as :func:`~medseg.transforms.distance_maps` (one row per item allowed); default the loss's."""
-        predicted = (prep.probs.detach() > 0.5).to(prep.logits.dtype)
         spacing = self.spacing if spacing is None else spacing
-        maps = distance_maps(predicted, "unsigned", spacing=spacing, mask=prep.mask, backend=self.backend)
-        return maps.to(prep.logits.dtype)
+        squared = prediction_distances_squared(prep.probs.detach() > 0.5, spacing, prep.mask, self.backend)
+        squared = squared.to(prep.logits.dtype)
+        return squared if self.alpha == 2 else squared.pow_(self.alpha / 2)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
         prep = self.prepare(input, target)
@@ -398,10 +401,15 @@ class HausdorffDTLoss(_MapLoss):
         recorded = None if record is None else record.spacings
         if recorded is not None and recorded.shape[0] == 1:
             recorded = recorded[0]
-        distance = self.prediction_distance(prep, recorded) ** self.alpha + target_distance**self.alpha
-        error = prep.masked((prep.probs - prep.target) ** 2)
+        weight = self.prediction_distance_power(prep, recorded)  # a fresh buffer: d_g^α and the mask go in place
+        if self.alpha == 2:
+            weight.addcmul_(target_distance, target_distance)
+        else:
+            weight.add_(target_distance**self.alpha)
+        if prep.mask is not None:
+            weight.mul_(prep.mask)
         voxels = prep.voxel_count().clamp_min(1)
-        total = (error * distance).sum(prep.spatial_dims)
+        total = weighted_squared_error(prep.probs, prep.target, weight)
         loss = total.sum(0) / voxels.sum() if self.batch else total / voxels[:, None]
         if self.batch and self.reduction == "none":
             loss = loss.unsqueeze(0)
@@ -851,7 +859,7 @@ class ShapeAwareLoss(_MapLoss):
         """:math:`E` per voxel ``(B, *spatial)``: distance to the target contour on the predicted contours, else 0."""
         logits = prep.logits
         binary = logits.shape[1] == 1
-        predicted = (logits[:, 0] > 0).long() if binary else logits.argmax(1)
+        predicted = (logits[:, 0] > 0).long() if binary else channel_argmax(logits)
         if prep.mask is not None:
             predicted = predicted.masked_fill(prep.mask[:, 0] == 0, -1)  # ignored voxels belong to no region
         contour = label_boundary(predicted, edge_is_outside=False) & (predicted == 1 if binary else predicted >= 0)

@@ -111,6 +111,17 @@ class EdtBackend(DistanceBackend):
             labels = labels.astype(np.uint32) + 1
         return edt.edt(labels, anisotropy=tuple(spacing), black_border=False, parallel=1)
 
+    def label_distances_squared(self, labels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """:meth:`label_distances` squared (no square root taken); ``labels`` must hold no 0 (edt's background)."""
+        return edt.edtsq(labels, anisotropy=tuple(spacing), black_border=False, parallel=1)
+
+    def two_sided_squared(self, labels: np.ndarray, value: int, spacing: Sequence[float]) -> np.ndarray:
+        """Squared distance from every voxel of ``labels == value`` to the nearest voxel of another value, and from
+        every other voxel to the nearest voxel of ``value``: both sides of that region's boundary in one two-label
+        ``edt`` pass (about the cost of one binary pass)."""
+        two = np.not_equal(labels, value).view(np.uint8) + np.uint8(1)  # 1 on the region, 2 elsewhere
+        return edt.edtsq(two, anisotropy=tuple(spacing), black_border=False, parallel=1)
+
 
 class ScipyBackend(DistanceBackend):
     """``scipy.ndimage.distance_transform_edt`` (float64 inside, float32 out): the reference."""
