@@ -20,15 +20,15 @@ def neighbourhood_vectors(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Each voxel's ``radius``-wide cube of neighbours as a vector: ``(B, C, *spatial)`` -> ``(B, C, R^d, M)``.
 
     Only positions whose whole neighbourhood lies inside the map are used (no padding), so
-    ``M = prod(size - radius + 1)``; the offsets run in C order (last spatial dim fastest).
+    ``M = prod(size - radius + 1)``; the offsets run in C order (last spatial dim fastest). One copy, from
+    ``unfold`` views.
     """
-    spatial = x.shape[2:]
-    valid = [size - radius + 1 for size in spatial]
-    shifted = [
-        x[(slice(None), slice(None), *(slice(o, o + n) for o, n in zip(offset, valid, strict=True)))]
-        for offset in itertools.product(range(radius), repeat=len(spatial))
-    ]
-    return torch.stack(shifted, dim=2).flatten(3)
+    ndim = x.ndim - 2
+    windows = x
+    for dim in range(2, x.ndim):
+        windows = windows.unfold(dim, radius, 1)  # (B, C, *valid, R, ..., R)
+    order = [0, 1, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim)]
+    return windows.permute(order).reshape(*x.shape[:2], radius**ndim, -1)
 
 
 def _fold_neighbourhoods(vectors: torch.Tensor, shape: torch.Size, radius: int) -> torch.Tensor:
@@ -42,42 +42,50 @@ def _fold_neighbourhoods(vectors: torch.Tensor, shape: torch.Size, radius: int) 
     return out
 
 
-def _centred_pairs(labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tensor:
-    r"""The centred neighbourhood vectors of labels and probabilities stacked, :math:`Z = [\tilde Y; \tilde P]`
-    ``(B, C, 2D, M)`` (the authors' ``map_get_pairs``): D label rows, then D probability rows."""
-    batch, classes = probs.shape[:2]
-    pairs = neighbourhood_vectors(torch.stack([labels, probs], 2).flatten(0, 1), radius)  # (B C, 2, D, M)
-    pairs = pairs.reshape(batch, classes, -1, pairs.shape[-1])
-    return pairs - pairs.mean(-1, keepdim=True)
+def _pairs(labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tensor:
+    """The neighbourhood vectors of the labels and the probabilities stacked, :math:`Z = [Y; P]` ``(B, C, 2D, M)``
+    (the authors' ``map_get_pairs``): D label rows, then D probability rows, each map shifted by its mean (which
+    the centring removes again: it only keeps the numbers small)."""
+    joint = torch.stack([labels, probs], 2)  # (B, C, 2, *spatial)
+    joint = joint - joint.mean(list(range(3, joint.ndim)), keepdim=True)
+    pairs = neighbourhood_vectors(joint.flatten(1, 2), radius)  # (B, C 2, D, M)
+    return pairs.view(*probs.shape[:2], -1, pairs.shape[-1])
 
 
 class _JointCovariance(torch.autograd.Function):
-    r"""The joint covariance :math:`Z Z^T` ``(B, C, 2D, 2D)`` of :math:`Z = [\tilde Y; \tilde P]`
-    (:func:`_centred_pairs`) in one ``bmm``: its blocks are :math:`\Sigma_Y`, :math:`\Sigma_{YP}` and :math:`\Sigma_P`.
+    r"""The joint covariance ``(B, C, 2D, 2D)`` of the centred vectors :math:`\tilde Z = Z - \bar Z` of
+    :math:`Z = [Y; P]` (:func:`_pairs`): :math:`\tilde Z \tilde Z^T = Z Z^T - M \bar z \bar z^T`, one ``bmm``; its
+    blocks are :math:`\Sigma_Y`, :math:`\Sigma_{YP}` and :math:`\Sigma_P`.
 
-    Backward goes to the probabilities only (the labels take no gradient): :math:`\partial L / \partial \tilde P =
-    [(G + G^T) Z]_{P\ \mathrm{rows}}`, one ``bmm`` of ``(D, 2D)`` by ``(2D, M)``, folded back onto the map. The
-    centring adds no term: the rows of :math:`Z` sum to zero over the positions, so this gradient does too. Under
-    ``create_graph`` the gradient is taken through the tracked ops instead, so higher derivatives stay exact.
+    Backward goes to the probabilities only (the labels take no gradient): :math:`\partial L / \partial P =
+    [(G + G^T) \tilde Z]_{P\ \mathrm{rows}} = A Z - A \bar z \mathbf{1}^T` with :math:`A` those rows of
+    :math:`G + G^T`, one ``baddbmm`` of ``(D, 2D)`` by ``(2D, M)``, folded back onto the map. Under ``create_graph``
+    the gradient is taken through the tracked ops instead, so higher derivatives stay exact.
     """
 
     @staticmethod
     def forward(ctx: Any, labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tensor:
-        pairs = _centred_pairs(labels, probs, radius)
-        ctx.save_for_backward(pairs, labels, probs)
+        pairs = _pairs(labels, probs, radius)
+        mean = pairs.mean(-1, keepdim=True)
+        ctx.save_for_backward(pairs, mean, labels, probs)
         ctx.radius = radius
-        return pairs @ pairs.transpose(-1, -2)
+        return pairs @ pairs.transpose(-1, -2) - pairs.shape[-1] * (mean @ mean.transpose(-1, -2))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
-        pairs, labels, probs = ctx.saved_tensors
+        pairs, mean, labels, probs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph
-            tracked = _centred_pairs(labels.detach(), probs, ctx.radius)
+            tracked = _pairs(labels.detach(), probs, ctx.radius)
+            tracked = tracked - tracked.mean(-1, keepdim=True)
             (grad_probs,) = torch.autograd.grad(tracked @ tracked.transpose(-1, -2), probs, grad, create_graph=True)
             return None, grad_probs, None
         dim = pairs.shape[2] // 2
         rows = grad[..., dim:, :] + grad[..., :, dim:].transpose(-1, -2)
-        return None, _fold_neighbourhoods(rows @ pairs, probs.shape, ctx.radius), None
+        batch = pairs.shape[:2]
+        grad_vectors = torch.baddbmm(-(rows @ mean).flatten(0, 1), rows.flatten(0, 1), pairs.flatten(0, 1)).view(
+            *batch, dim, -1
+        )
+        return None, _fold_neighbourhoods(grad_vectors, probs.shape, ctx.radius), None
 
 
 class _SigmoidBCE(torch.autograd.Function):
