@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from ..transforms import BACKENDS, distance_maps
 from ..transforms._record import read_map_record
 from ._aux import checked_map
+from ._erosion import eroded_errors
 from ._prediction_maps import channel_argmax, prediction_distances_squared, weighted_squared_error
 from ._prepare import Prepared, SegmentationLoss, prepare, reduce
 from .pixel import prepare_exclusive, reduce_over_voxels, voxel_nll
@@ -426,21 +427,6 @@ class LogHausdorffDTLoss(HausdorffDTLoss):
         return torch.log1p(super().forward(input, target, dist))
 
 
-def _cross_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of each voxel and its face neighbours (4 in 2D, 6 in 3D), zero beyond the patch: the soft erosion's
-    cross-shaped convolution, as shifted sums (cheaper than a one-channel convolution on the CPU)."""
-    spatial_ndim = values.ndim - 2
-    padded = F.pad(values, [1, 1] * spatial_ndim)
-    centre = [slice(None), slice(None)] + [slice(1, -1)] * spatial_ndim
-    total = padded[tuple(centre)]
-    for axis in range(spatial_ndim):
-        for start in (0, 2):
-            window = list(centre)
-            window[2 + axis] = slice(start, start + values.shape[2 + axis])
-            total = total + padded[tuple(window)]
-    return total / (2 * spatial_ndim + 1)
-
-
 @register(
     "hausdorff_er",
     "boundary",
@@ -457,8 +443,11 @@ class HausdorffERLoss(SegmentationLoss):
     norm is a min-max normalisation per item and class over the patch (skipped where the erosion is constant).
     An error region survives k erosions only if it is about k voxels thick, so :math:`k^\alpha` weighs errors far
     from the boundary more, an estimate of the Hausdorff distance. α = 2 and K = 10 (Karimi & Salcudean, kornia).
-    All in torch, batched over items and classes, differentiable (references that erode in numpy lose the
-    gradient), in the float32 (float64) of the prepared input also under autocast. 2D and 3D (any N-D).
+    All in torch, differentiable (references that erode in numpy lose the gradient; not twice), in the float32
+    (float64) of the prepared input also under autocast. 2D and 3D (any N-D). The erosions run on blocks of whole
+    (item, class) volumes that fit the CPU cache, forward and backward while a block is resident, in reused buffers;
+    with ``reduction="mean"``/``"sum"`` the gradient is computed in the forward and one tensor kept for the backward
+    (:mod:`medseg.losses._erosion`): about 1.4× the memory of a cross-entropy step instead of 10×.
 
     Same numbers (forward and gradient) as kornia's ``HausdorffERLoss`` / ``HausdorffERLoss3D`` given the softmax
     (``softmax=True`` here, kornia takes probabilities). ``reduction="none"`` returns the per-voxel eroded sum
@@ -498,31 +487,19 @@ class HausdorffERLoss(SegmentationLoss):
         self.alpha = float(alpha)
         self.k = int(k)
 
-    def eroded_errors(self, prep: Prepared) -> torch.Tensor:
-        """:math:`\\sum_k k^\\alpha e^{(k)}` per voxel, ``(B, C', *spatial)``."""
-        current = prep.masked((prep.probs - prep.target) ** 2)
-        spatial_dims = prep.spatial_dims
-        total = torch.zeros_like(current)
-        for depth in range(1, self.k + 1):
-            spread = _cross_mean(current)
-            eroded = prep.masked((spread - 0.5).masked_fill(spread < 0.5, 0.0))
-            low = eroded.amin(spatial_dims, keepdim=True)
-            span = eroded.amax(spatial_dims, keepdim=True) - low
-            varies = span != 0
-            eroded = torch.where(varies, (eroded - low) / torch.where(varies, span, 1.0), eroded)
-            total = total + eroded * depth**self.alpha
-            current = eroded
-        return total
+    def eroded_errors(self, prep: Prepared, per_voxel: bool = True) -> torch.Tensor:
+        """:math:`\\sum_k k^\\alpha e^{(k)}` per voxel ``(B, C', *spatial)``, or (``per_voxel=False``) its sum over the
+        voxels per item and class ``(B, C')``."""
+        return eroded_errors(prep.probs, prep.target, prep.mask, self.k, self.alpha, per_voxel)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        eroded = self.eroded_errors(prep)
         if self.reduction == "none":
-            return prep.masked(eroded)
-        total = prep.masked(eroded).sum()
+            return self.eroded_errors(prep)
+        total = self.eroded_errors(prep, per_voxel=False).sum()
         if self.reduction == "sum":
             return total
-        return total / (prep.voxel_count().sum() * eroded.shape[1]).clamp_min(1)
+        return total / (prep.voxel_count().sum() * prep.probs.shape[1]).clamp_min(1)
 
 
 def _neighbour_offsets(spatial_ndim: int) -> list[tuple[int, ...]]:
