@@ -169,7 +169,7 @@ class BoundaryAwareLoss(SegmentationLoss):
         if not isinstance(dist, torch.Tensor) or tuple(dist.shape) != expected:
             shape = tuple(dist.shape) if isinstance(dist, torch.Tensor) else type(dist).__name__
             raise ValueError(f"dist must be the quantized bin map of shape {expected} (all classes), got {shape}")
-        if ((dist < 0) | (dist > self.num_bins) | (dist != dist.round())).any():
+        if not _holds_bins(dist, self.num_bins):
             raise ValueError(
                 f"dist holds values other than the bins 0..{self.num_bins}: build it with "
                 f"DistanceMapd(mode='quantized', bins={self.num_bins}, truncation={self.truncation})"
@@ -179,25 +179,101 @@ class BoundaryAwareLoss(SegmentationLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
         num_classes = _check_bin_layout(input, self.num_bins)
         bin_logits = input.unflatten(1, (num_classes, self.num_bins))
-        # one channel per class, non-finite wherever one of its bins is: prepare validates shapes, labels and values
-        prep = self.prepare(bin_logits.sum(2), target)
-        logits = bin_logits[:, prep.classes].to(prep.logits.dtype)
+        # bin 1 of each class stands for its class in prepare, which checks shapes and labels (SegmentationLoss's
+        # __call__ looks at every bin's values when the loss is not finite)
+        prep = self.prepare(bin_logits[:, :, 0], target)
+        first = prep.classes[0]  # the kept classes are always the last C' (include_background drops class 0)
+        logits = bin_logits[:, first:].to(prep.logits.dtype)
         if dist is None:
             levels = distance_maps(
                 prep.target, "quantized", self.spacing, prep.mask, truncation=self.truncation, bins=self.num_bins
             )
         else:
-            levels = self._checked_bins(dist, input.shape[0], num_classes, input.shape[2:])[:, prep.classes]
-        bins = torch.arange(1, self.num_bins + 1, device=input.device).view(1, 1, -1, *([1] * (input.ndim - 2)))
-        bin_targets = (levels.unsqueeze(2) == bins).to(logits.dtype)
-        terms = F.binary_cross_entropy_with_logits(logits, bin_targets, reduction="none")
-        if prep.mask is not None:
-            terms = terms * prep.mask.unsqueeze(2)
+            levels = self._checked_bins(dist, input.shape[0], num_classes, input.shape[2:])[:, first:]
         if self.reduction == "none":
+            bins = torch.arange(1, self.num_bins + 1, device=input.device).view(1, 1, -1, *([1] * (input.ndim - 2)))
+            bin_targets = (levels.unsqueeze(2) == bins).to(logits.dtype)
+            terms = F.binary_cross_entropy_with_logits(logits, bin_targets, reduction="none")
+            if prep.mask is not None:
+                terms = terms * prep.mask.unsqueeze(2)
             return terms.flatten(1, 2)
+        total = _BinCrossEntropySum.apply(logits, levels, prep.mask)
         if self.reduction == "sum":
-            return terms.sum()
-        return terms.sum() / (prep.voxel_count().sum() * terms.shape[1] * self.num_bins).clamp_min(1)
+            return total
+        return total / (prep.voxel_count().sum() * logits.shape[1] * self.num_bins).clamp_min(1)
+
+
+def _holds_bins(dist: torch.Tensor, num_bins: int) -> bool:
+    """Whether every value of ``dist`` is one of the integers 0..``num_bins`` (NaN is not)."""
+    if dist.numel() == 0:
+        return True
+    low, high = torch.aminmax(dist)
+    if not (low >= 0 and high <= num_bins):
+        return False
+    if not dist.is_floating_point():
+        return True
+    flat = dist.reshape(-1)
+    return all(bool((part == part.round()).all()) for part in flat.split(_CHUNK))
+
+
+class _BinCrossEntropySum(torch.autograd.Function):
+    r""":math:`\sum_{b,c,k,x} m(x)\,\mathrm{BCE}(\sigma(z_{c,k}(x)), [D_c(x) = k])` without a ``C·K``-wide target,
+    term or mask tensor.
+
+    :math:`\mathrm{BCE}(\sigma(z), t) = \log(1 + e^z) - t z`, so the sum is the softplus of every logit minus the
+    logit of each voxel's own bin (none for bin 0), and the gradient :math:`m\,(\sigma(z) - t)` is one sigmoid with
+    1 subtracted at each voxel's own bin. ``logits`` ``(B, C', K, *S)``, ``levels`` ``(B, C', *S)`` bins 0..K,
+    ``mask`` ``(B, 1, *S)`` or ``None``. Worked in spatial chunks of about ``_CHUNK`` logits: the temporaries stay
+    small (and in cache); the gradient is the only ``C·K``-wide tensor allocated.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(logits, levels, mask)
+        total = logits.new_zeros(())
+        zero = logits.new_zeros(())
+        buffer = None
+        for x, level, known in _bin_chunks(logits, levels, mask):
+            if buffer is None:
+                buffer = torch.empty_like(x, memory_format=torch.contiguous_format)
+            own, has_bin = _own_bin(level, x.dtype)
+            softplus = torch.logaddexp(x, zero, out=buffer[..., : x.shape[-1]])  # log(1 + e^z), one buffer reused
+            per_voxel = softplus.sum(1).sub_(x.gather(1, own).squeeze(1).mul_(has_bin)).sum(0)
+            total += per_voxel.sum() if known is None else per_voxel.dot(known[0])
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, levels, mask = ctx.saved_tensors
+        grad = torch.sigmoid(logits)
+        for g, level, known in _bin_chunks(grad, levels, mask):
+            own, has_bin = _own_bin(level, g.dtype)
+            g.scatter_add_(1, own, has_bin.neg_().unsqueeze(1))
+            g.mul_(grad_output if known is None else grad_output * known.unsqueeze(1))
+        return grad, None, None
+
+
+_CHUNK = 1 << 18
+
+
+def _bin_chunks(
+    bins: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``(C', K, s)`` views of ``bins`` ``(B, C', K, *S)`` with their ``(C', s)`` levels and ``(1, s)`` mask (or
+    ``None``), chunk by chunk over the batch and the flattened space."""
+    flat_bins, flat_levels = bins.flatten(3), levels.flatten(2)
+    flat_mask = None if mask is None else mask.flatten(2)
+    step = max(1, _CHUNK // (bins.shape[1] * bins.shape[2]))
+    for b in range(bins.shape[0]):
+        for start in range(0, flat_bins.shape[-1], step):
+            part = slice(start, start + step)
+            known = None if flat_mask is None else flat_mask[b, :, part]
+            yield flat_bins[b, :, :, part], flat_levels[b, :, part], known
+
+
+def _own_bin(level: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index ``(C', 1, s)`` of each voxel's own bin channel (0 for bin 0) and ``(C', s)`` 1 where it has one."""
+    return (level.long() - 1).clamp_min_(0).unsqueeze(1), (level > 0).to(dtype)
 
 
 def _planes(x: torch.Tensor) -> torch.Tensor:

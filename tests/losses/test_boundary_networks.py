@@ -91,6 +91,81 @@ def test_boundary_aware_checks_layout_and_bins():
         loss(torch.zeros(1, 6, 4, 4), labels, dist=torch.full((1, 2, 4, 4), 4.0))
 
 
+def dense_boundary_aware(logits, labels, num_bins, truncation, include_background=True, ignore_index=None):
+    """The boundary-aware loss written densely with torch's BCE: the (B, C·K, *S) bin targets and terms tensors."""
+    num_classes = logits.shape[1] // num_bins
+    known = torch.ones_like(labels, dtype=logits.dtype) if ignore_index is None else (labels != ignore_index).double()
+    onehot = one_hot(torch.where(known > 0, labels, 0), num_classes)
+    bins = distance_maps(onehot, "quantized", None, known, truncation=truncation, bins=num_bins)
+    targets = bins_as_probabilities(bins, num_bins)
+    terms = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none") * known
+    if not include_background:
+        terms = terms[:, num_bins:]
+    return terms.sum() / (known.sum() * terms.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("spatial", "include_background", "ignore_index"),
+    [((13, 11), True, None), ((13, 11), False, 255), ((6, 5, 7), True, 255), ((6, 5, 7), False, None)],
+)
+def test_boundary_aware_value_and_gradient_equal_the_dense_bce(spatial, include_background, ignore_index, monkeypatch):
+    import medseg.losses.boundary_networks as module
+
+    monkeypatch.setattr(module, "_CHUNK", 97)  # many chunks, the last one partial
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 3, (2, 1, *spatial), generator=generator)
+    labels[1] = 0  # an image without foreground: its class-1 and class-2 bins are all 0
+    if ignore_index is not None:
+        labels[0, 0, :3] = ignore_index
+    logits = (4 * torch.randn(2, 3 * 4, *spatial, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    loss = BoundaryAwareLoss(
+        num_bins=4, truncation=3.0, include_background=include_background, ignore_index=ignore_index
+    )
+    value = loss(logits, labels)
+    (grad,) = torch.autograd.grad(value, logits)
+    dense = dense_boundary_aware(logits, labels, 4, 3.0, include_background, ignore_index)
+    (expected_grad,) = torch.autograd.grad(dense, logits)
+    assert value.item() == pytest.approx(dense.item(), rel=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-15)
+    # the cached map gives the same; "sum" is the mean times the number of terms
+    onehot = one_hot(torch.where(labels == 255, 0, labels), 3)
+    known = None if ignore_index is None else (labels != ignore_index).double()
+    bins = distance_maps(onehot, "quantized", None, known, truncation=3.0, bins=4)
+    assert loss(logits, labels, dist=bins).item() == pytest.approx(dense.item(), rel=1e-12)
+    total = BoundaryAwareLoss(4, 3.0, None, include_background, "sum", ignore_index)(logits, labels)
+    voxels = labels.numel() if ignore_index is None else int((labels != ignore_index).sum())
+    assert total.item() == pytest.approx(dense.item() * voxels * (3 if include_background else 2) * 4, rel=1e-12)
+
+
+def test_boundary_aware_bin_cross_entropy_passes_gradcheck():
+    from medseg.losses.boundary_networks import _BinCrossEntropySum
+
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 2, 3, 4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    levels = torch.randint(0, 4, (2, 2, 4, 5), generator=generator).double()
+    mask = (torch.rand(2, 1, 4, 5, generator=generator) > 0.3).double()
+    assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, mask))
+    assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, None))
+
+
+def test_boundary_aware_peak_memory_is_about_one_gradient(monkeypatch):
+    # forward+backward allocates the gradient (as large as the C·K logits) and chunk-sized temporaries, no
+    # C·K-wide target or term tensor (the dense BCE peaks at 3 logits' sizes or more)
+    import medseg.losses.boundary_networks as module
+
+    # chunks small next to this input, as they are on a real one
+    monkeypatch.setattr(module, "_CHUNK", 1 << 12, raising=False)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bench_losses import peak_extra_bytes
+
+    generator = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 3, (2, 1, 96, 96), generator=generator)
+    logits = torch.randn(2, 3 * 5, 96, 96, generator=generator, requires_grad=True)
+    bins = distance_maps(one_hot(labels, 3).float(), "quantized", bins=5, truncation=5.0)
+    peak = peak_extra_bytes(BoundaryAwareLoss(), logits, labels, {"dist": bins})
+    assert peak < 1.5 * logits.numel() * logits.element_size()
+
+
 def bins_as_probabilities(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
     """(B, C, *S) bin indices -> (B, C·K, *S) one-hot bin maps, channel c·K + k − 1."""
     levels = torch.arange(1, num_bins + 1).view(1, 1, -1, *([1] * (bins.ndim - 2)))
