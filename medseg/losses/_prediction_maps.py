@@ -108,7 +108,8 @@ def prediction_distances_squared(
         maps = distance_maps(predicted.to(torch.float32), "unsigned", spacing=spacing, mask=mask, backend=backend)
         return maps.square_()
     spacings = _item_spacings(spacing, batch, len(spatial))
-    counts = predicted.view(torch.uint8).flatten(2).sum(2).tolist()
+    # class sizes from the index: a histogram per item (summing the uint8 masks into int64 is 200 times slower)
+    counts = [torch.bincount(row.flatten(), minlength=classes + 2)[1 : classes + 1].tolist() for row in index]
     labels = distance_backend.asarray(index)  # the one copy to the host (none for CPU tensors)
     maps = distance_backend.empty((batch, classes, *spatial))
     for b in range(batch):
