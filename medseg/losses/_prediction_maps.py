@@ -118,26 +118,37 @@ def prediction_distances_squared(
 
 
 class _WeightedSquaredError(torch.autograd.Function):
-    r"""Forward: :math:`\sum_i (p_i - g_i)^2 w_i` per item and class; backward: :math:`2 (p - g) w` times the
-    incoming gradient. Keeps one tensor, :math:`(p - g) w`, for the backward pass."""
+    r"""Forward: :math:`\sum_i (p_i - g_i)^2 w_i` per item and class over the channels from ``first`` on; backward:
+    :math:`2 (p - g) w` times the incoming gradient, written straight into the gradient of all channels (0 before
+    ``first``), which saves autograd's zero-filled copy for the channel slice. Keeps one tensor, :math:`(p - g) w`."""
 
     @staticmethod
-    def forward(ctx, probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        difference = probs - target
+    def forward(ctx, all_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, first: int) -> torch.Tensor:
+        difference = all_probs[:, first:] - target
         weighted = difference * weight
         ctx.save_for_backward(weighted)
-        return (weighted * difference).sum(tuple(range(2, probs.ndim)))
+        ctx.first, ctx.shape = first, all_probs.shape
+        return (weighted * difference).sum(tuple(range(2, all_probs.ndim)))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (weighted,) = ctx.saved_tensors
-        return weighted * (2 * grad).view(*grad.shape, *[1] * (weighted.ndim - 2)), None, None
+        scale = (2 * grad).view(*grad.shape, *[1] * (weighted.ndim - 2))
+        if ctx.first == 0:
+            return weighted * scale, None, None, None
+        out = weighted.new_empty(ctx.shape)
+        out[:, : ctx.first].zero_()
+        torch.mul(weighted, scale, out=out[:, ctx.first :])
+        return out, None, None, None
 
 
-def weighted_squared_error(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    r""":math:`\sum_i (p_i - g_i)^2 w_i` over the spatial axes, ``(B, C)``, differentiable in ``probs`` only.
+def weighted_squared_error(
+    all_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, first: int = 0
+) -> torch.Tensor:
+    r""":math:`\sum_i (p_i - g_i)^2 w_i` over the spatial axes, ``(B, C')``, for the channels ``all_probs[:, first:]``
+    (the kept classes; ``target`` and ``weight`` hold just those), differentiable in ``all_probs`` only.
 
-    The same number as ``((probs - target) ** 2 * weight).sum(spatial)`` with 4 passes over the voxels instead of
-    7 and one saved tensor instead of three (the weight is a constant: distance maps, no gradient)."""
-    return _WeightedSquaredError.apply(probs, target.detach(), weight.detach())
+    The same number as ``((all_probs[:, first:] - target) ** 2 * weight).sum(spatial)`` with 4 passes over the
+    voxels instead of 7, and one saved tensor instead of three (the weight is a constant: distance maps)."""
+    return _WeightedSquaredError.apply(all_probs, target.detach(), weight.detach(), first)

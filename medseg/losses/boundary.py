@@ -411,7 +411,7 @@ class HausdorffDTLoss(_MapLoss):
         if prep.mask is not None:
             weight.mul_(prep.mask)
         voxels = prep.voxel_count().clamp_min(1)
-        total = weighted_squared_error(prep.probs, prep.target, weight)
+        total = weighted_squared_error(prep.all_probs, prep.target, weight, prep.classes[0])
         loss = total.sum(0) / voxels.sum() if self.batch else total / voxels[:, None]
         if self.batch and self.reduction == "none":
             loss = loss.unsqueeze(0)
