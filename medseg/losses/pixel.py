@@ -62,12 +62,13 @@ class _SigmoidFocalSum(torch.autograd.Function):
     r"""The weighted sum :math:`\sum_{b,c,i} w_{bci} \big(-(1 - p_t)^\gamma \log p_t\big)` of the sigmoid focal
     terms with 0/1 targets from a label map, without a one-hot target or a ``(B, C, N)`` terms tensor.
 
-    Voxel :math:`i` is a positive of channel :math:`c` when its label is ``classes[c]``; :math:`p_t = \sigma(z)` of
+    Voxel :math:`i` is a positive of channel :math:`c` when its label is ``first + c``; :math:`p_t = \sigma(z)` of
     the signed logit :math:`z = \pm x` (+ for positives); :math:`w_{bci} = m_{bi}\, a_{bc}` on positives and
     :math:`m_{bi}\, n_{bc}` on negatives (``None``: 1). :math:`\gamma = 0` is the weighted binary cross-entropy.
-    The forward runs in cache-sized chunks through all its ops and computes the gradient there too,
-    :math:`\partial/\partial x = \pm w\,(1 - p_t)^\gamma (\gamma\, p_t \log p_t - (1 - p_t))` (the sign of
-    :math:`z`), saving only that; the backward scales it. Under ``create_graph`` the gradient is the same formula in
+    The forward runs in cache-sized chunks: every element as a negative (:math:`z = -x`, C-wide), then each voxel's
+    label channel (a gather, 1/C of the elements) as a positive, written over it; it computes the gradient
+    :math:`\partial/\partial z = w\,(1 - p_t)^\gamma (\gamma\, p_t \log p_t - (1 - p_t))` there too and saves only
+    :math:`\partial/\partial x`; the backward scales it. Under ``create_graph`` the gradient is the same formula in
     tracked ops, so higher derivatives stay exact.
     """
 
@@ -76,93 +77,107 @@ class _SigmoidFocalSum(torch.autograd.Function):
         ctx: Any,
         logits: torch.Tensor,
         labels: torch.Tensor,
-        classes: torch.Tensor,
+        first: int,
         pos_weight: torch.Tensor | None,
         neg_weight: torch.Tensor | None,
         mask: torch.Tensor | None,
         gamma: float,
     ) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
-            total, neg_grad = _sigmoid_focal_chunks(
-                logits, labels, classes, pos_weight, neg_weight, mask, gamma, ctx.needs_input_grad[0]
+            total, grad = _sigmoid_focal_chunks(
+                logits, labels, first, pos_weight, neg_weight, mask, gamma, ctx.needs_input_grad[0]
             )
-        ctx.save_for_backward(neg_grad, logits, labels, classes, pos_weight, neg_weight, mask)
-        ctx.gamma = gamma
+        ctx.save_for_backward(grad, logits, labels, pos_weight, neg_weight, mask)
+        ctx.first, ctx.gamma = first, gamma
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        neg_grad, logits, labels, classes, pos_weight, neg_weight, mask = ctx.saved_tensors
-        if neg_grad is None:
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad, logits, labels, pos_weight, neg_weight, mask = ctx.saved_tensors
+        if grad is None:
             return (None,) * 7
         if torch.is_grad_enabled():  # create_graph: the same gradient in tracked ops from the logits
+            classes = torch.arange(ctx.first, ctx.first + logits.shape[1], device=logits.device)
             pos = labels.unsqueeze(1) == classes.view(1, -1, 1)
             z = torch.where(pos, logits, -logits)
             log_pt, one_minus_pt = logsigmoid(z), torch.sigmoid(-z)
             dz = ((1.0 - one_minus_pt) * log_pt * ctx.gamma - one_minus_pt) * one_minus_pt.pow(ctx.gamma)
-            signed = _signed_weight(pos, pos_weight, neg_weight, mask, logits.dtype)
-            return dz * signed * grad, None, None, None, None, None, None
-        return neg_grad * grad.neg(), None, None, None, None, None, None
+            if pos_weight is None:
+                signed = torch.where(pos, 1.0, -1.0).to(logits.dtype)
+            else:
+                signed = torch.where(pos, pos_weight.unsqueeze(2), -neg_weight.unsqueeze(2))
+            signed = signed if mask is None else signed * mask.unsqueeze(1)
+            return dz * signed * grad_total, None, None, None, None, None, None
+        return grad * grad_total, None, None, None, None, None, None
 
 
-def _signed_weight(
-    pos: torch.Tensor,
-    pos_weight: torch.Tensor | None,
-    neg_weight: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    r""":math:`\pm w` per element of ``pos`` ``(B, C, n)``: + on positives; ``mask`` ``(B, n)``."""
-    if pos_weight is None:
-        signed = torch.where(pos, 1.0, -1.0).to(dtype)
+def _focal_parts(
+    z: torch.Tensor, weight: torch.Tensor | None, gamma: float, with_grad: bool, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    r"""For signed logits ``z`` (overwritten): :math:`\log p_t`, the factor :math:`w (1 - p_t)^\gamma` of the term
+    (``None`` for 1; else a new tensor of ``z``'s shape) and :math:`-\partial/\partial z` of the weighted term,
+    :math:`w (1 - p_t)^\gamma ((1 - p_t) - \gamma p_t \log p_t)` (into ``out`` when given)."""
+    log_pt = logsigmoid(z)
+    q = torch.sigmoid(z.neg_())  # 1 − p_t = σ(−z): no cancellation for a confident p_t
+    if gamma == 0:
+        factor = None if weight is None else weight.expand_as(q).contiguous()
     else:
-        signed = torch.where(pos, pos_weight.unsqueeze(2), neg_weight.unsqueeze(2).neg())
-    return signed if mask is None else signed.mul_(mask.unsqueeze(1))
+        factor = q * q if gamma == 2 else q.pow(gamma)
+        factor = factor if weight is None else factor.mul_(weight)
+    if not with_grad:
+        return log_pt, factor, None
+    if gamma != 0:
+        q = torch.addcmul(q, torch.rsub(q, 1.0), log_pt, value=-gamma)
+    if factor is None:
+        return log_pt, factor, q if out is None else out.copy_(q)
+    return log_pt, factor, q.mul_(factor) if out is None else torch.mul(q, factor, out=out)
 
 
 def _sigmoid_focal_chunks(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    classes: torch.Tensor,
+    first: int,
     pos_weight: torch.Tensor | None,
     neg_weight: torch.Tensor | None,
     mask: torch.Tensor | None,
     gamma: float,
     with_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:class:`_SigmoidFocalSum`'s forward: the sum (float64 across chunks) and minus the gradient (or ``None``)."""
+    """:class:`_SigmoidFocalSum`'s forward: the sum (float64 across chunks) and the gradient (or ``None``)."""
     b, c, n = logits.shape
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
-    neg_grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if with_grad else None
-    weighted = pos_weight is not None or mask is not None
-    cls = classes.view(1, -1, 1)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if with_grad else None
     step = max(1, _CHUNK // (b * c))
     for start in range(0, n, step):
         part = slice(start, start + step)
         x = logits[:, :, part]
-        pos = labels[:, None, part] == cls
-        sign = torch.where(pos, 1.0, -1.0).to(x.dtype)
-        z = x * sign
-        log_pt = logsigmoid(z)
-        q = z.neg_().sigmoid_()  # 1 − p_t = σ(−z): no cancellation for a confident p_t
-        focus = None if gamma == 0 else (q * q if gamma == 2 else q.pow(gamma))
-        signed = sign
-        if weighted:
-            signed = _signed_weight(pos, pos_weight, neg_weight, None if mask is None else mask[:, part], x.dtype)
-        if weighted:
-            scaled = signed.abs() if focus is None else focus * signed.abs()
-            total -= torch.dot(scaled.flatten(), log_pt.flatten())
-        elif focus is None:
-            total -= log_pt.sum(dtype=torch.float64)
-        else:
-            total -= torch.dot(focus.flatten(), log_pt.flatten())
-        if neg_grad is None:
-            continue
-        # −∂/∂x = ±w (1 − p_t)^γ ((1 − p_t) − γ p_t log p_t)
-        if gamma != 0:
-            q = torch.addcmul(q, torch.rsub(q, 1.0), log_pt, value=-gamma).mul_(focus)
-        torch.mul(q, signed, out=neg_grad[:, :, part])
-    return total.to(logits.dtype), neg_grad
+        m = None if mask is None else mask[:, None, part]
+        label = labels[:, None, part] - first
+        valid = None if first == 0 else (label >= 0) & (label < c)  # a label with no channel has no positive
+        index = label if valid is None else label.clamp(0, c - 1)
+        # every element as a negative (z = −x): its term, weight and gradient ∂/∂x = −∂/∂z
+        weight = None if neg_weight is None else neg_weight.unsqueeze(2).expand_as(x)
+        weight = m if weight is None else (weight if m is None else weight * m)
+        out = None if grad is None else grad[:, :, part]
+        log_pt, factor, d_neg = _focal_parts(x.neg(), weight, gamma, with_grad, out)
+        # each voxel's label channel as a positive (z = x, ∂/∂x = ∂/∂z), written over the negative's
+        x_pos = x.gather(1, index)
+        weight_pos = None if pos_weight is None else pos_weight.unsqueeze(2).expand_as(x).gather(1, index)
+        weight_pos = m if weight_pos is None else (weight_pos if m is None else weight_pos * m)
+        if valid is not None:
+            weight_pos = valid.to(x.dtype) if weight_pos is None else weight_pos * valid
+        log_pt_pos, factor_pos, d_pos = _focal_parts(x_pos, weight_pos, gamma, with_grad)
+        if d_neg is not None:
+            d_pos = d_pos.neg_()
+            if valid is not None:
+                d_pos = torch.where(valid, d_pos, d_neg.gather(1, index))
+            d_neg.scatter_(1, index, d_pos)
+        factor = torch.ones_like(log_pt) if factor is None else factor
+        keep = 0.0 if valid is None else torch.where(valid, 0.0, factor.gather(1, index))
+        factor.scatter_(1, index, keep)  # the label channel counts as a positive only
+        total -= torch.dot(factor.flatten(), log_pt.flatten())
+        total -= log_pt_pos.sum() if factor_pos is None else torch.dot(factor_pos.flatten(), log_pt_pos.flatten())
+    return total.to(logits.dtype), grad
 
 
 def label_positives(prep: Prepared) -> torch.Tensor:
@@ -182,13 +197,13 @@ def sigmoid_focal_sum(
     logits = prep.logits
     b, c = logits.shape[:2]
     one_channel = prep._full_logits.shape[1] == 1
-    classes = torch.tensor([1] if one_channel else prep.classes, device=logits.device)
+    first = 1 if one_channel else prep.classes[0]
     if pos_weight is not None:
         pos_weight = pos_weight.to(logits.dtype).expand(b, c).contiguous()
         neg_weight = neg_weight.to(logits.dtype).expand(b, c).contiguous()
     mask = None if prep.mask is None else prep.mask.reshape(b, -1)
     return _SigmoidFocalSum.apply(
-        logits.reshape(b, c, -1), prep.labels.reshape(b, -1), classes, pos_weight, neg_weight, mask, gamma
+        logits.reshape(b, c, -1), prep.labels.reshape(b, -1), first, pos_weight, neg_weight, mask, gamma
     )
 
 
