@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
@@ -91,55 +92,125 @@ class _JointCovariance(torch.autograd.Function):
 class _SigmoidBCE(torch.autograd.Function):
     r"""The masked probabilities :math:`m\,\sigma(x)` and the per-image, per-class BCE sums
     :math:`\sum_i m_i\,\mathrm{BCE}(x_i, t_i)` ``(B, C)`` of binary targets ``t`` (zero where ``m`` is), in three
-    passes over the logits: :math:`\sigma(x)`; :math:`x - 2xt` (exactly :math:`\pm x`); and
+    passes over the logits: :math:`\sigma(x)`; :math:`\pm x` (the sign flipped where :math:`t = 1`, exactly); and
     :math:`\mathrm{softplus}(\pm x)`, which is :math:`-\log\sigma(x)` where :math:`t = 1` and
-    :math:`-\log(1 - \sigma(x))` where :math:`t = 0`, each exact to the last bit (no cancellation).
+    :math:`-\log(1 - \sigma(x))` where :math:`t = 0`, each to the last bit (no cancellation).
 
-    Backward in three passes, from the saved :math:`q = m\,\sigma(x)` alone: with :math:`\bar q` the gradient of
-    the probabilities and :math:`\bar b` that of the sums,
+    The target is a :class:`_Target`: a one-hot tensor, or a label map read by ``gather``/``scatter`` (no one-hot
+    tensor at full resolution). Backward in two passes, from the saved :math:`q = m\,\sigma(x)`: with :math:`\bar q`
+    the gradient of the probabilities and :math:`\bar b` that of the sums,
     :math:`\partial L / \partial x = \bar q\,q(1 - q) + \bar b\,(q - t)` (for 0/1 masks
     :math:`q(1-q) = m\,\sigma(1-\sigma)`). Under ``create_graph`` the tracked ops run instead.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+        ctx: Any,
+        logits: torch.Tensor,
+        onehot: torch.Tensor | None,
+        index: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        target = _Target(onehot, index, keep)
         probs, bce = _sigmoid_bce(logits, target, mask)
-        ctx.save_for_backward(probs, target, logits, mask)
+        ctx.save_for_backward(probs, onehot, index, keep, logits, mask)
         return probs, bce
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_probs: torch.Tensor | None, grad_bce: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None, None]:
-        probs, target, logits, mask = ctx.saved_tensors
+    def backward(ctx: Any, grad_probs: torch.Tensor | None, grad_bce: torch.Tensor | None) -> tuple[Any, ...]:
+        probs, onehot, index, keep, logits, mask = ctx.saved_tensors
+        target = _Target(onehot, index, keep)
         if torch.is_grad_enabled():  # create_graph
             outputs = _sigmoid_bce(logits, target, mask, tracked=True)
             used = [(o, g) for o, g in zip(outputs, (grad_probs, grad_bce), strict=True) if g is not None]
             (grad,) = torch.autograd.grad([o for o, _ in used], logits, [g for _, g in used], create_graph=True)
-            return grad, None, None
-        if grad_probs is None:
-            grad = torch.zeros_like(probs)
-        else:
-            grad = torch.ops.aten.sigmoid_backward(grad_probs, probs)
+            return grad, None, None, None, None
+        grad = torch.zeros_like(probs) if grad_probs is None else torch.ops.aten.sigmoid_backward(grad_probs, probs)
         if grad_bce is not None:
             weight = grad_bce.view(*grad_bce.shape, *[1] * (probs.ndim - 2))
-            grad.addcmul_(probs, weight).addcmul_(target, weight, value=-1.0)
-        return grad, None, None
+            target.subtract_from(grad.addcmul_(probs, weight), weight)
+        return grad, None, None, None, None
+
+
+class _Target:
+    """A binary ``(B, C, *spatial)`` target: ``onehot``, or ``index`` ``(B, 1, *spatial)``, each voxel's channel,
+    with ``keep`` (float 0/1, or ``None`` for all) marking the voxels whose channel is one of the C (and not
+    ignored)."""
+
+    def __init__(self, onehot: torch.Tensor | None, index: torch.Tensor | None, keep: torch.Tensor | None) -> None:
+        self.onehot, self.index, self.keep = onehot, index, keep
+
+    def signed(self, logits: torch.Tensor) -> torch.Tensor:
+        """:math:`x - 2xt`: :math:`-x` where :math:`t = 1`, :math:`x` elsewhere (exact)."""
+        if self.onehot is not None:
+            return torch.addcmul(logits, logits, self.onehot, value=-2.0)
+        at = logits.gather(1, self.index)
+        return logits.scatter(1, self.index, -at if self.keep is None else torch.addcmul(at, at, self.keep, value=-2.0))
+
+    def subtract_from(self, grad: torch.Tensor, weight: torch.Tensor) -> None:
+        """``grad -= weight * t`` in place (``weight`` broadcasts as ``(B, C, 1, ...)``)."""
+        if self.onehot is not None:
+            grad.addcmul_(self.onehot, weight, value=-1.0)
+            return
+        per_voxel = weight.flatten(1).gather(1, self.index.flatten(1)).view_as(self.index)
+        grad.scatter_add_(1, self.index, -per_voxel if self.keep is None else -per_voxel * self.keep)
 
 
 def _sigmoid_bce(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, tracked: bool = False
+    logits: torch.Tensor, target: _Target, mask: torch.Tensor | None, tracked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`_SigmoidBCE`'s outputs; ``tracked``: out-of-place ops only (autograd can differentiate them)."""
     probs = torch.sigmoid(logits)
-    signed = torch.addcmul(logits, logits, target, value=-2.0)  # -x where t = 1, x where t = 0: exact
-    voxel_bce = functional.softplus(signed, threshold=40.0)  # log1p(exp(·)) up to 40: exact in float32 and 64
+    voxel_bce = functional.softplus(target.signed(logits), threshold=40.0)  # log1p(exp(·)) to 40: exact in f32/f64
     if mask is not None:
         probs = probs * mask if tracked else probs.mul_(mask)
         voxel_bce = voxel_bce * mask if tracked else voxel_bce.mul_(mask)
     return probs, voxel_bce.flatten(2).sum(-1)
+
+
+def _label_index(
+    labels: torch.Tensor, mask: torch.Tensor | None, offset: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, 1, *spatial)`` channel of each voxel's label (``labels - offset``, clamped at 0) and its ``keep``: float
+    1 where that channel exists (label ``>= offset``) and the voxel is not ignored, ``None`` when that is all."""
+    index = labels.unsqueeze(1) - offset if offset else labels.unsqueeze(1)
+    keep = None
+    if offset:
+        keep = index >= 0
+        index = index.clamp_min(0)
+    if mask is not None:
+        keep = mask > 0 if keep is None else keep & (mask > 0)
+    return index, None if keep is None else keep.to(dtype)
+
+
+def _pooled_one_hot(
+    index: torch.Tensor, keep: torch.Tensor | None, channels: int, size: int, mode: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """``{avg,max}_pool`` (kernel = stride = ``size``, zero padding ``size // 2``) of the one-hot target of a label
+    ``index`` (:func:`_label_index`), ``(B, C, *pooled)``, by counting each pooling window's voxels per channel
+    (a ``scatter_add`` over the ``B × N`` labels instead of a pass over ``B × C × N``): the average is the count
+    over ``size^d`` (the same division as ``avg_pool``), the max whether the count is positive."""
+    spatial = index.shape[2:]
+    pad = size // 2
+    pooled = [(n + 2 * pad - size) // size + 1 for n in spatial]
+    window = torch.zeros((), dtype=torch.long, device=index.device)
+    inside = torch.ones((), dtype=torch.bool, device=index.device)
+    for dim, (n, m) in enumerate(zip(spatial, pooled, strict=True)):
+        shape = [1] * len(spatial)
+        shape[dim] = n
+        bins = ((torch.arange(n, device=index.device) + pad) // size).view(shape)
+        window = window * m + bins
+        inside = inside & (bins < m)  # the last voxels of a dim can fall outside every window
+    window = torch.where(inside, window, 0)
+    cells = math.prod(pooled)
+    counts = torch.zeros(index.shape[0], channels * cells, dtype=dtype, device=index.device)
+    weight = inside.to(dtype).expand(spatial) if keep is None else keep[:, 0] * inside
+    counts.scatter_add_(
+        1, (index[:, 0] * cells + window).flatten(1), weight.expand(index.shape[0], *spatial).flatten(1)
+    )
+    counts = counts.view(index.shape[0], channels, *pooled)
+    return counts / size ** len(spatial) if mode == "avg" else (counts > 0).to(dtype)
 
 
 def _log_det_spd(matrix: torch.Tensor) -> torch.Tensor:
@@ -229,7 +300,10 @@ class RegionMutualInformationLoss(SegmentationLoss):
 
     def rmi_lower_bound(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """RMI term per image and class, ``(B, C)``, from probabilities and (binary) labels ``(B, C, *spatial)``."""
-        probs, labels = self._downsample(probs), self._downsample(labels)
+        return self._pooled_rmi(self._downsample(probs), self._downsample(labels))
+
+    def _pooled_rmi(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`rmi_lower_bound` of maps already pooled."""
         if min(probs.shape[2:]) < self.radius:
             raise ValueError(
                 f"pooled spatial shape {tuple(probs.shape[2:])} (input {self.pool_size}x pooled) is smaller than "
@@ -248,9 +322,18 @@ class RegionMutualInformationLoss(SegmentationLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        target = prep.target
-        probs, bce = _SigmoidBCE.apply(prep.logits, target, prep.mask)
+        logits = prep.logits
+        if prep.labels is not None:  # a label map: the target is read from it, never built one-hot at full size
+            index, keep = _label_index(
+                prep.labels, prep.mask, 1 if input.shape[1] == 1 else prep.classes[0], logits.dtype
+            )
+            probs, bce = _SigmoidBCE.apply(logits, None, index, keep, prep.mask)
+            pooled_target = _pooled_one_hot(index, keep, logits.shape[1], self.pool_size, self.pool, logits.dtype)
+        else:
+            target = prep.target
+            probs, bce = _SigmoidBCE.apply(logits, target, None, None, prep.mask)
+            pooled_target = self._downsample(target)
         bce = bce / prep.voxel_count().clamp_min(1).unsqueeze(1)
-        rmi = self.rmi_lower_bound(probs, target)
+        rmi = self._pooled_rmi(self._downsample(probs), pooled_target)
         loss = self.bce_weight * bce + (1.0 - self.bce_weight) * rmi
         return reduce(loss, self.reduction, input.ndim - 2)
