@@ -29,6 +29,7 @@ from ..transforms import BACKENDS, distance_maps
 from ..transforms._record import read_map_record
 from ._aux import checked_map
 from ._erosion import eroded_errors
+from ._neighbour_kl import NeighbourDivergence, forward_divergences
 from ._prediction_maps import channel_argmax, prediction_distances_squared, weighted_squared_error
 from ._prepare import Prepared, SegmentationLoss, prepare, reduce
 from .pixel import prepare_exclusive, reduce_over_voxels, voxel_nll
@@ -508,6 +509,24 @@ def _neighbour_offsets(spatial_ndim: int) -> list[tuple[int, ...]]:
     return [step for step in itertools.product((-1, 0, 1), repeat=spatial_ndim) if any(step)]
 
 
+def _dilated(seeds: torch.Tensor) -> torch.Tensor:
+    """Maximum over the 3×3 (3×3×3) neighbourhood of ``(B, *spatial)``, one axis at a time (a separable max pool,
+    several times faster than ``max_pool3d`` on the CPU)."""
+    for axis in range(1, seeds.ndim):
+        size = seeds.shape[axis]
+        out = seeds.clone()
+        lower, upper = out.narrow(axis, 1, size - 1), out.narrow(axis, 0, size - 1)
+        torch.maximum(lower, seeds.narrow(axis, 0, size - 1), out=lower)
+        torch.maximum(upper, seeds.narrow(axis, 1, size - 1), out=upper)
+        seeds = out
+    return seeds
+
+
+def _strides(shape: list[int], device: torch.device) -> torch.Tensor:
+    """Element strides of a contiguous tensor of ``shape``, as a tensor (for flat indices)."""
+    return torch.tensor([math.prod(shape[d + 1 :]) for d in range(len(shape))], device=device)
+
+
 @register(
     "active_boundary",
     "boundary",
@@ -620,12 +639,9 @@ class ActiveBoundaryLoss(_MapLoss):
 
         ``known``: ``(B, *spatial)`` bool, False at ignored voxels (they neither make nor join a boundary).
         """
-        probs = log_probs.exp()
         spatial = log_probs.shape[2:]
         strength = torch.zeros(log_probs.shape[0], *spatial, dtype=log_probs.dtype, device=log_probs.device)
-        for axis, size in enumerate(spatial):
-            here, ahead = log_probs.narrow(2 + axis, 0, size - 1), log_probs.narrow(2 + axis, 1, size - 1)
-            divergence = (probs.narrow(2 + axis, 0, size - 1) * (here - ahead)).sum(1)
+        for axis, (size, divergence) in enumerate(zip(spatial, forward_divergences(log_probs), strict=True)):
             if known is not None:
                 divergence = divergence * (known.narrow(1 + axis, 0, size - 1) & known.narrow(1 + axis, 1, size - 1))
             strength.narrow(1 + axis, 0, size - 1).add_(divergence)
@@ -634,9 +650,8 @@ class ActiveBoundaryLoss(_MapLoss):
         limit = torch.floor(self.max_boundary_ratio * torch.as_tensor(counted, device=flat.device)).long()
         limit = limit.expand(flat.shape[0])
         threshold = self.boundary_threshold(flat, limit).to(strength.dtype)
-        seeds = (strength > threshold.view(-1, *([1] * len(spatial)))).unsqueeze(1).to(log_probs.dtype)
-        dilate = F.max_pool2d if len(spatial) == 2 else F.max_pool3d
-        boundary = dilate(seeds, 3, stride=1, padding=1)[:, 0] > 0
+        seeds = (strength > threshold.view(-1, *([1] * len(spatial)))).to(log_probs.dtype)
+        boundary = _dilated(seeds) > 0
         return boundary if known is None else boundary & known
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None) -> torch.Tensor:
@@ -658,26 +673,37 @@ class ActiveBoundaryLoss(_MapLoss):
             distance = distance.masked_fill(~known, math.inf)
         padding = [1, 1] * len(spatial)
         padded_distance = F.pad(distance, padding, value=math.inf).flatten()
-        neighbour_source = log_probs.detach() if self.detach_neighbours else log_probs
-        padded_log_probs = F.pad(neighbour_source, padding).movedim(1, -1).reshape(-1, classes)
-        padded_shape = [batch] + [size + 2 for size in spatial]
-        strides = torch.tensor(
-            [math.prod(padded_shape[d + 1 :]) for d in range(len(padded_shape))], device=input.device
-        )
-        centres = boundary.nonzero()
-        centre_index = ((centres + torch.tensor([0] + [1] * len(spatial), device=input.device)) * strides).sum(1)
         steps = torch.tensor(_neighbour_offsets(len(spatial)), device=input.device)
-        neighbour_index = centre_index.unsqueeze(1) + (steps * strides[1:]).sum(1)
+        centres = boundary.nonzero()
+        # flat indices of the centres and their neighbours in the padded (B, *spatial) grid and in the plain one
+        padded_strides = _strides([batch] + [size + 2 for size in spatial], input.device)
+        centre_index = ((centres + torch.tensor([0] + [1] * len(spatial), device=input.device)) * padded_strides).sum(1)
+        neighbour_index = centre_index.unsqueeze(1) + (steps * padded_strides[1:]).sum(1)
 
         centre_distance = distance[boundary]
         neighbour_distance = padded_distance[neighbour_index]
         closest, direction = neighbour_distance.min(1)
         learnable = closest < centre_distance
-        neighbour_index, neighbour_distance = neighbour_index[learnable], neighbour_distance[learnable]
+        centres, neighbour_index, neighbour_distance = (
+            centres[learnable],
+            neighbour_index[learnable],
+            neighbour_distance[learnable],
+        )
+        inside = torch.isfinite(neighbour_distance)  # in the patch and not ignored
         centre_log_probs = log_probs.movedim(1, -1)[boundary][learnable]
-        neighbour_log_probs = padded_log_probs[neighbour_index]
-        divergence = (neighbour_log_probs.exp() * (neighbour_log_probs - centre_log_probs.unsqueeze(1))).sum(-1)
-        divergence = divergence * torch.isfinite(neighbour_distance)
+        if self.detach_neighbours:
+            # neighbours read class by class where they lie; one outside the patch reads the centre (KL 0)
+            voxel_strides = _strides(list(spatial), input.device)
+            centre_voxel = (centres[:, 1:] * voxel_strides).sum(1, keepdim=True)
+            neighbour_voxel = torch.where(inside, centre_voxel + (steps * voxel_strides).sum(1), centre_voxel)
+            counts = torch.bincount(centres[:, 0], minlength=batch).tolist()
+            source = log_probs.detach().contiguous()
+            divergence = NeighbourDivergence.apply(centre_log_probs, source, neighbour_voxel, counts)
+        else:
+            padded_log_probs = F.pad(log_probs, padding).movedim(1, -1).reshape(-1, classes)
+            neighbour_log_probs = padded_log_probs[neighbour_index]
+            divergence = (neighbour_log_probs.exp() * (neighbour_log_probs - centre_log_probs.unsqueeze(1))).sum(-1)
+        divergence = divergence * inside
         terms = F.cross_entropy(
             divergence, direction[learnable], label_smoothing=self.label_smoothing, reduction="none"
         )
