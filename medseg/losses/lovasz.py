@@ -2,10 +2,11 @@
 
 The Jaccard loss of a class is a submodular function of the set of mispredicted voxels; its Lovász extension
 evaluated at the vector of voxel errors is piecewise linear, exact at 0/1 errors, and is computed by sorting the
-errors in decreasing order. Only part of each row needs sorting: once every foreground voxel has been passed, the
-remaining (background) voxels have weight 0, so the voxels sorted are the foreground and the background voxels whose
-error is at least the smallest foreground error (a custom autograd function sorts them once and reuses the order
-for the analytic gradient).
+errors in decreasing order. Rows (a class, or a class of one image) are sorted whole, one 1-D radix sort of int32
+keys per row, in blocks of rows of about ``_BLOCK_VOXELS`` voxels whose other steps run as a few passes over the
+block; only the head of each sorted row carries weight (once every foreground voxel has been passed the Jaccard loss
+stops changing, and voxels with error 0 add nothing), and a custom autograd function keeps that head's order and
+weights for the analytic gradient. With a label map the foreground comes from the labels (no one-hot target).
 """
 
 from __future__ import annotations
@@ -39,123 +40,245 @@ def lovasz_jaccard_weights(sorted_foreground: torch.Tensor) -> torch.Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
-def _errors(values: torch.Tensor, foreground: torch.Tensor, kind: str) -> torch.Tensor:
-    """Voxel errors: ``|g - p|`` of probabilities (``"softmax"``), ``max(0, 1 - z (2g - 1))`` of logits
-    (``"hinge"``), or the values themselves (``"errors"``)."""
+_BLOCK_VOXELS = 2**18  # rows are processed in blocks of about this many voxels, so temporaries stay small
+_LOW = 2**31 - 1  # float32 error e sorts descending as the int32 key _LOW - bits(e)
+
+
+def _blocks(batch: int, classes: int, size: int, per_image: bool) -> list[tuple[int, int, int, int]]:
+    """``(b0, b1, c0, c1)`` blocks of rows of about ``_BLOCK_VOXELS`` voxels: whole images (all classes) or classes
+    of one image with ``per_image``, classes over the whole batch without."""
+    if not per_image:
+        step = max(1, _BLOCK_VOXELS // (batch * size))
+        return [(0, batch, c, min(c + step, classes)) for c in range(0, classes, step)]
+    if classes * size <= _BLOCK_VOXELS:
+        step = max(1, _BLOCK_VOXELS // (classes * size))
+        return [(b, min(b + step, batch), 0, classes) for b in range(0, batch, step)]
+    step = max(1, _BLOCK_VOXELS // size)
+    return [(b, b + 1, c, min(c + step, classes)) for b in range(batch) for c in range(0, classes, step)]
+
+
+def _rows_layout(x: torch.Tensor, per_image: bool) -> torch.Tensor:
+    """A ``(b, c, N)`` block as its rows: ``(b, c, N)`` with ``per_image``, ``(c, b, N)`` (a view) without."""
+    return x if per_image else x.transpose(0, 1)
+
+
+def _block_foreground(
+    target: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    class_ids: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    block: tuple[int, int, int, int],
+    per_image: bool,
+) -> torch.Tensor:
+    """The foreground of a block's rows, bool ``(rows, L)``: from the label map (``labels == class``, ignored voxels
+    left out) where there is one, else from the 0/1 target."""
+    b0, b1, c0, c1 = block
+    if labels is not None:
+        ids = class_ids[c0:c1].view(-1, 1)
+        foreground = _rows_layout(labels[b0:b1], per_image) == (ids.view(1, -1, 1) if per_image else ids.view(-1, 1, 1))
+        if valid is not None:
+            foreground &= _rows_layout(valid[b0:b1], per_image)
+    else:
+        rows = _rows_layout(target[b0:b1, c0:c1], per_image)
+        foreground = torch.gt(rows, 0, out=torch.empty(rows.shape, dtype=torch.bool, device=rows.device))
+    return foreground.view(-1, foreground.shape[-1] * (1 if per_image else foreground.shape[1]))
+
+
+def _block_errors(
+    values: torch.Tensor, foreground: torch.Tensor, valid: torch.Tensor | None, per_image: bool, kind: str
+) -> torch.Tensor:
+    """Voxel errors of a block's rows ``(rows, L)``: ``|g - p|`` of probabilities (``"softmax"``),
+    ``max(0, 1 - z (2g - 1))`` of logits (``"hinge"``), or the values themselves (``"errors"``); 0 where ignored."""
+    values = _rows_layout(values, per_image)
+    errors = torch.empty(values.shape, dtype=values.dtype, device=values.device)
+    grid = foreground.view(values.shape)
     if kind == "softmax":
-        return torch.where(foreground, 1.0 - values, values)
-    if kind == "hinge":
-        return torch.where(foreground, 1.0 - values, 1.0 + values).clamp_min_(0.0)
-    return values
+        torch.where(grid, 1.0 - values, values, out=errors)
+    elif kind == "hinge":
+        torch.where(grid, values.neg(), values, out=errors).add_(1.0).clamp_min_(0.0)
+    else:
+        errors.copy_(values)
+    if valid is not None:
+        errors.masked_fill_(_rows_layout(valid, per_image).logical_not(), 0.0)
+    return errors.view(foreground.shape)
 
 
-def _sorted_descending(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``errors`` (non-negative) in decreasing order, and the order.
+def _sort_keys(errors: torch.Tensor) -> torch.Tensor:
+    """Keys whose ascending order is the decreasing order of the (non-negative) ``errors``: for float32 the int32
+    ``_LOW - bits(e)`` (a non-negative float's bits order like the float, and torch sorts a 1-D integer tensor by
+    radix sort, several times faster than floats), for other dtypes ``-e``."""
+    return _LOW - errors.view(torch.int32) if errors.dtype == torch.float32 else errors.neg()
 
-    Float32 errors are sorted as int32 keys (a non-negative float's bits order like the float, and torch sorts
-    integers several times faster than floats), read back without a gather; other dtypes sort as they are.
+
+def _errors_of_keys(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The errors of :func:`_sort_keys` keys."""
+    return torch.rsub(keys, _LOW).view(torch.float32) if dtype == torch.float32 else keys.neg()
+
+
+def _sort_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``keys`` in ascending order, and the order; ties keep their voxel order. One 1-D sort per row
+    (torch's radix sort is 1-D only)."""
+    sorted_keys = torch.empty_like(keys)
+    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+    for r in range(keys.shape[0]):
+        torch.sort(keys[r], stable=True, out=(sorted_keys[r], order[r]))
+    return sorted_keys, order
+
+
+def _label_row_stats(
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    class_ids: torch.Tensor,
+    valid: torch.Tensor | None,
+    per_image: bool,
+    kind: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground count and smallest foreground error of every row ``(B or 1, C)``, from the label map: one pass
+    over the voxels (each voxel's own class), not over the C channels. A row without foreground gets ``inf``."""
+    batch, classes = values.shape[:2]
+    column = torch.full(
+        (int(max(labels.max(), class_ids.max())) + 1,), classes, dtype=torch.int64, device=labels.device
+    )
+    column[class_ids] = torch.arange(classes, device=labels.device)
+    column = column[labels]  # (B, 1, N): the voxel's row within its image, `classes` where its class is not scored
+    if valid is not None:
+        column.masked_fill_(valid.logical_not(), classes)
+    own = values.gather(1, column.clamp_max(classes - 1))
+    errors = 1.0 - own if kind == "softmax" else torch.rsub(own, 1.0).clamp_min_(0.0)
+    if per_image:
+        column += torch.arange(batch, device=column.device).view(-1, 1, 1) * (classes + 1)
+    bins = (batch if per_image else 1) * (classes + 1)
+    column = column.flatten()
+    totals = torch.bincount(column, minlength=bins)
+    smallest = torch.full((bins,), torch.inf, dtype=values.dtype, device=values.device)
+    smallest.scatter_reduce_(0, column, errors.flatten(), "amin")
+    return totals.view(-1, classes + 1)[:, :classes], smallest.view(-1, classes + 1)[:, :classes]
+
+
+def _row_weights(foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    r"""The weights :math:`J_k - J_{k-1}` of the head ``(rows, M)`` of rows in sorted order, in closed form, free of
+    the cancellation of differencing :math:`J`; ``foreground`` is the sorted 0/1 indicator and ``totals`` =
+    :math:`|F|` per row ``(rows, 1)``, both in a float type that holds the counts exactly. With :math:`a_k`
+    foreground and :math:`b_k` other voxels among the first k, a foreground voxel adds :math:`1 / (|F| + b_k)`,
+    another voxel :math:`(|F| - a_k) / ((|F| + b_k - 1)(|F| + b_k))`; a row without foreground weighs its first voxel
+    1 (its Jaccard loss is a 0/1 step). The two cases are blended as :math:`w_o (1 - g) + w_f g` (exact for 0/1
+    :math:`g`), as fast as a select with an unpredictable mask is not."""
+    a = foreground.cumsum(1)
+    union = torch.arange(1, a.shape[1] + 1, dtype=a.dtype, device=a.device) - a + totals  # |F| + b_k
+    other = (totals - a) / (union * (union - 1))  # union - 1 >= |F| >= 1 after a non-foreground voxel
+    other[:, :1].nan_to_num_(nan=1.0)  # 0/0 only at the first voxel: without foreground (else a foreground voxel)
+    return other.mul_(1.0 - foreground).addcmul_(union.reciprocal_(), foreground)
+
+
+def _weighted_counts(sorted_keys: torch.Tensor, smallest: torch.Tensor, totals: torch.Tensor) -> list[int]:
+    """Voxels with a weight, per row: those with a positive error at least the smallest foreground error (the
+    others come after every foreground voxel, where the Jaccard loss no longer changes, or have error 0); without
+    foreground the first voxel (the largest error) if positive. A binary search in each sorted row."""
+    tiny = torch.finfo(smallest.dtype).smallest_normal * torch.finfo(smallest.dtype).eps
+    threshold = _sort_keys(smallest.clamp_min(tiny))  # the smallest positive (subnormal) value: error 0 weighs nothing
+    counts = torch.searchsorted(sorted_keys, threshold.unsqueeze(1), right=True).squeeze(1)
+    first_positive = sorted_keys[:, 0] < _sort_keys(torch.zeros_like(smallest[:1]))
+    return torch.where(totals == 0, first_positive.long(), counts).tolist()
+
+
+def _block_terms(
+    errors: torch.Tensor, foreground: torch.Tensor, kind: str, stats: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's per-row losses (float64), foreground counts, and for the backward the order of its weighted head
+    ``(rows, M)`` (int32) with the weights, negated on foreground voxels (where the error falls as the value rises).
+
+    Each row is sorted whole; the weights J_k - J_{k-1} come in closed form (:func:`_row_weights`), zero past the
+    row's weighted voxels (:func:`_weighted_counts`). Counts and weights are float32 where that is exact. ``stats``:
+    the rows' foreground counts and smallest foreground errors where known (:func:`_label_row_stats`).
     """
-    if errors.dtype != torch.float32:
-        return torch.sort(errors, descending=True)
-    low = 2**31 - 1
-    keys, order = torch.sort(low - errors.view(torch.int32))
-    return (low - keys).view(torch.float32), order
-
-
-def _row_weights(sorted_foreground: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
-    r"""The weights :math:`J_k - J_{k-1}` of one row's head of the order (``total`` = :math:`|F| \ge 1`), in closed
-    form, free of the cancellation of differencing :math:`J`: with :math:`a_k` foreground and :math:`b_k` other
-    voxels among the first k, a foreground voxel adds :math:`1 / (|F| + b_k)`, another voxel
-    :math:`(|F| - a_k) / ((|F| + b_k - 1)(|F| + b_k))`."""
-    exact = torch.float32 if sorted_foreground.shape[0] < 2**24 and dtype != torch.float64 else torch.float64
-    a = sorted_foreground.cumsum(0, dtype=exact)
-    union = torch.arange(1, a.shape[0] + 1, dtype=exact, device=a.device) - a + total  # |F| + b_k
-    other = (total - a) / (union * (union - 1))  # union - 1 >= |F| >= 1 after a non-foreground voxel
-    return torch.where(sorted_foreground, union.reciprocal(), other).to(dtype)
-
-
-def _row_terms(
-    errors: torch.Tensor, foreground: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """One row's loss, the voxels with a weight (positions, sorted) and their weights, negated on foreground
-    voxels (where the error falls as the value rises); None when no voxel has a weight.
-
-    With foreground, a background voxel whose error is below the smallest foreground error comes after every
-    foreground voxel, where the Jaccard loss no longer changes: it weighs nothing and moves nobody's weight, so it
-    is not sorted; voxels with error 0 add nothing either. Without foreground the Jaccard loss is a 0/1 step, whose
-    extension is the largest error (weight 1).
-    """
-    total = int(foreground.sum())
-    if total == 0:
-        index = errors.argmax().view(1)
-        top = errors.index_select(0, index)
-        return (top[0], index, torch.ones(1, dtype=dtype, device=errors.device)) if top[0] > 0 else None
-    threshold = errors.masked_select(foreground).min()
-    kept = (errors >= threshold) | foreground if threshold > 0 else errors > 0
-    index = kept.nonzero().squeeze(1)
-    if index.numel() == 0:
-        return None
-    sorted_errors, order = _sorted_descending(errors.index_select(0, index))
-    sorted_foreground = foreground.index_select(0, index).index_select(0, order)
-    weight = _row_weights(sorted_foreground, total, dtype)
-    loss = torch.dot(sorted_errors.double(), weight.double())  # float64: up to millions of small terms
-    return loss, index.index_select(0, order), torch.where(sorted_foreground, -weight, weight)
+    rows, length = errors.shape
+    if stats is None:
+        totals, smallest = foreground.sum(1), torch.where(foreground, errors, torch.inf).amin(1)
+    else:
+        totals, smallest = stats
+    sorted_keys, order = _sort_rows(_sort_keys(errors))
+    counts = _weighted_counts(sorted_keys, smallest, totals)
+    head = max(counts, default=0)
+    sorted_errors, order = _errors_of_keys(sorted_keys[:, :head], errors.dtype), order[:, :head]
+    exact = torch.float32 if length < 2**24 and errors.dtype != torch.float64 else torch.float64  # |F| + b_k <= length
+    sorted_foreground = foreground.gather(1, order).to(exact)
+    weight = _row_weights(sorted_foreground, totals.unsqueeze(1).to(exact))
+    for row, count in enumerate(counts):
+        weight[row, count:] = 0.0
+    weight = weight.to(errors.dtype)
+    losses = torch.bmm(sorted_errors.double().unsqueeze(1), weight.double().unsqueeze(2)).view(rows)  # float64 sums
+    if kind != "errors":
+        weight.mul_(sorted_foreground.mul(-2.0).add_(1.0))  # -w on foreground voxels
+    return losses, totals, order.to(torch.int32), weight
 
 
 class _LovaszRows(torch.autograd.Function):
-    """Per-row Lovász extension of the Jaccard loss (:func:`_row_terms`), with the analytic gradient.
+    """Per-row Lovász extension of the Jaccard loss (:func:`_block_terms`), with the analytic gradient.
 
-    Rows are ``(b, c)`` pairs (``per_image``) or classes over the whole batch, each processed on its own so that
-    its temporaries stay small. The order found in the forward pass is kept: the gradient with respect to a sorted
-    voxel's error is its weight, and the error's derivative with respect to the value is -1 on foreground voxels
-    and +1 elsewhere (``softmax`` and ``hinge``, where the error is positive; +1 for ``errors``).
+    Rows are ``(b, c)`` pairs (``per_image``) or classes over the whole batch, taken in blocks of about
+    ``_BLOCK_VOXELS`` voxels (:func:`_blocks`) so that temporaries stay small. The order found in the forward pass is
+    kept: the gradient with respect to a sorted voxel's error is its weight, and the error's derivative with respect
+    to the value is -1 on foreground voxels and +1 elsewhere (``softmax`` and ``hinge``, where the error is positive;
+    +1 for ``errors``). Returns the losses and the foreground counts ``(B or 1, C)``.
     """
 
     @staticmethod
-    def forward(ctx, values, foreground, valid, per_image: bool, kind: str):
+    def forward(ctx, values, target, labels, class_ids, valid, per_image: bool, kind: str):
         batch, classes, size = values.shape
-        items = [slice(b, b + 1) for b in range(batch)] if per_image else [slice(None)]
-        losses = values.new_zeros(len(items), classes)
-        positions, weights, rows = [], [], []
-        for row_item, item in enumerate(items):
-            for c in range(classes):
-                row_foreground = foreground[item, c]
-                errors = _errors(values[item, c], row_foreground, kind)
-                if valid is not None:
-                    errors = errors.masked_fill(~valid[item, 0], 0.0)
-                terms = _row_terms(errors.reshape(-1), row_foreground.reshape(-1), values.dtype)
-                if terms is None:
-                    continue
-                losses[row_item, c], index, weight = terms
-                if per_image:  # one item: the row is contiguous in the flat (B, C, N) tensor
-                    positions.append(index + (item.start * classes + c) * size)
-                else:  # every item: voxel n of item b sits at (b C + c) N + n
-                    positions.append(index + (index // size * (classes - 1) + c) * size)
-                weights.append(weight.abs() if kind == "errors" else weight)
-                rows.append(row_item * classes + c)
-        ctx.shape, ctx.dtype, ctx.rows = values.shape, values.dtype, rows
-        ctx.save_for_backward(*positions, *weights)
-        return losses
+        shape = (batch if per_image else 1, classes)
+        losses = values.new_zeros(shape)
+        totals = torch.zeros(shape, dtype=torch.int64, device=values.device)
+        blocks, saved = _blocks(batch, classes, size, per_image), []
+        stats = None if labels is None else _label_row_stats(values, labels, class_ids, valid, per_image, kind)
+        for b0, b1, c0, c1 in blocks:
+            foreground = _block_foreground(target, labels, class_ids, valid, (b0, b1, c0, c1), per_image)
+            block_valid = None if valid is None else valid[b0:b1]
+            errors = _block_errors(values[b0:b1, c0:c1], foreground, block_valid, per_image, kind)
+            out = (slice(b0, b1) if per_image else slice(0, 1), slice(c0, c1))
+            block_stats = None if stats is None else tuple(x[out].reshape(-1) for x in stats)
+            row_losses, row_totals, order, weight = _block_terms(errors, foreground, kind, block_stats)
+            losses[out] = row_losses.view(losses[out].shape)
+            totals[out] = row_totals.view(totals[out].shape)
+            saved += [order, weight]
+        ctx.blocks, ctx.shape, ctx.per_image = blocks, values.shape, per_image
+        ctx.save_for_backward(*saved)
+        ctx.mark_non_differentiable(totals)
+        return losses, totals
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
-        saved, count = ctx.saved_tensors, len(ctx.rows)
-        grad_values = grad.new_zeros(ctx.shape, dtype=ctx.dtype)
-        flat, row_grads = grad_values.view(-1), grad.reshape(-1)
-        for row, position, weight in zip(ctx.rows, saved[:count], saved[count:], strict=True):
-            flat.index_copy_(0, position, weight * row_grads[row])
-        return grad_values, None, None, None, None
+    def backward(ctx, grad, _grad_totals):
+        batch, classes, size = ctx.shape
+        grad_values = grad.new_zeros((batch, classes, size) if ctx.per_image else (classes, batch, size))
+        saved = ctx.saved_tensors
+        for (b0, b1, c0, c1), order, weight in zip(ctx.blocks, saved[::2], saved[1::2], strict=True):
+            if ctx.per_image:
+                rows, row_grad = grad_values[b0:b1, c0:c1], grad[b0:b1, c0:c1]
+            else:
+                rows, row_grad = grad_values[c0:c1], grad[0, c0:c1]
+            rows.view(order.shape[0], -1).scatter_(1, order.long(), weight * row_grad.reshape(-1, 1))
+        return grad_values if ctx.per_image else grad_values.transpose(0, 1), None, None, None, None, None, None
 
 
 def _lovasz_rows(
-    values: torch.Tensor, foreground: torch.Tensor, valid: torch.Tensor | None, per_image: bool, kind: str
-) -> torch.Tensor:
-    """Per-row Lovász extension ``(B or 1, C)`` of ``(B, C, *spatial)`` probabilities (or logits, ``"hinge"``)."""
+    values: torch.Tensor,
+    foreground: torch.Tensor,
+    valid: torch.Tensor | None,
+    per_image: bool,
+    kind: str,
+    labels: torch.Tensor | None = None,
+    class_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row Lovász extension ``(B or 1, C)`` of ``(B, C, *spatial)`` probabilities (or logits, ``"hinge"``), and
+    the foreground voxel counts of the rows. The foreground is ``foreground > 0``, or with ``labels`` (the
+    ``(B, *spatial)`` label map) ``labels == class_ids[c]`` where ``valid``: then ``foreground`` is not read."""
     values = values.flatten(2)
-    foreground = foreground.flatten(2) > 0
     valid = None if valid is None else valid.flatten(2) > 0
-    return _LovaszRows.apply(values, foreground, valid, per_image, kind)
+    if labels is not None:
+        labels = labels.reshape(labels.shape[0], 1, -1)
+        ids = torch.tensor(list(class_ids), dtype=labels.dtype, device=labels.device)
+        return _LovaszRows.apply(values, None, labels, ids, valid, per_image, kind)
+    return _LovaszRows.apply(values, foreground.flatten(2), None, None, valid, per_image, kind)
 
 
 def _check_probabilities(probs: torch.Tensor) -> None:
@@ -172,14 +295,14 @@ def lovasz_extension(errors: torch.Tensor, foreground: torch.Tensor) -> torch.Te
     r"""Lovász extension of the Jaccard loss at ``errors``: :math:`\sum_k e_{(k)} (J_k - J_{k-1})` per row.
 
     ``errors`` (non-negative) and ``foreground`` are ``(..., N)``; the result is ``(...)``. Every row is sorted
-    on its own, and only where it matters (the foreground, and the background voxels with at least the smallest
-    foreground error).
+    on its own; the weights reach only the foreground and the background voxels with a positive error at least the
+    smallest foreground error.
     """
     if errors.numel() and float(errors.detach().min()) < 0:
         raise ValueError("lovasz_extension needs non-negative errors (as |g - p| or a hinge's max(0, ·))")
     rows = errors.reshape(-1, 1, errors.shape[-1])
-    foreground = foreground.reshape(rows.shape) > 0
-    return _LovaszRows.apply(rows, foreground, None, True, "errors").view(errors.shape[:-1])
+    losses, _ = _lovasz_rows(rows, foreground.reshape(rows.shape) > 0, None, True, "errors")
+    return losses.view(errors.shape[:-1])
 
 
 @register("lovasz", "region", "Berman, Rannen Triki, Blaschko, The Lovász-Softmax loss, CVPR 2018")
@@ -223,7 +346,7 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     """
 
     warns_on_single_channel_softmax = False  # softmax is this loss's own default: one channel is binary by definition
-    nan_propagates = False  # a NaN error can fall outside the sorted voxels (see _row_terms): checked upfront
+    nan_propagates = False  # a NaN error would break the sort's integer keys (see _sort_keys): checked upfront
 
     def __init__(
         self,
@@ -270,10 +393,13 @@ class LovaszSoftmaxLoss(SegmentationLoss):
         probs = prep.probs if every else prep.probs[:, columns]
         if prep.activation not in ("softmax", "sigmoid"):
             _check_probabilities(probs)
-        foreground = prep.target if every else prep.target[:, columns]
-        per_class = _lovasz_rows(probs, foreground, prep.mask, self.per_image, "softmax")
-        present = foreground.flatten(2).any(-1)
-        present = present if self.per_image else present.any(0, keepdim=True)
+        if prep.activation == "softmax" and prep.labels is not None:  # hard labels: no one-hot target
+            ids = [prep.classes[c] for c in columns]
+            per_class, totals = _lovasz_rows(probs, probs, prep.mask, self.per_image, "softmax", prep.labels, ids)
+        else:
+            foreground = prep.target if every else prep.target[:, columns]
+            per_class, totals = _lovasz_rows(probs, foreground, prep.mask, self.per_image, "softmax")
+        present = totals > 0
 
         scored = torch.zeros(per_class.shape[0], len(prep.classes), dtype=torch.bool, device=per_class.device)
         scored[:, columns] = present if self.classes == "present" else True
@@ -317,7 +443,7 @@ class LovaszHingeLoss(SegmentationLoss):
     applied to the Jaccard loss). Parity: ``kornia.losses.LovaszHingeLoss`` (one channel, 2D, per image).
     """
 
-    nan_propagates = False  # a NaN error can fall outside the sorted voxels (see _row_terms): checked upfront
+    nan_propagates = False  # a NaN error would break the sort's integer keys (see _sort_keys): checked upfront
 
     def __init__(
         self,
@@ -332,5 +458,9 @@ class LovaszHingeLoss(SegmentationLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = self.prepare(input, target)
-        terms = _lovasz_rows(prep.logits, prep.target, prep.mask, self.per_image, "hinge")
+        if prep.labels is not None and not prep.binary:  # a label map over C classes: no one-hot target
+            args = (prep.logits, prep.logits, prep.mask, self.per_image, "hinge", prep.labels, prep.classes)
+        else:
+            args = (prep.logits, prep.target, prep.mask, self.per_image, "hinge")
+        terms, _ = _lovasz_rows(*args)
         return reduce(terms, self.reduction, input.ndim - 2)

@@ -10,8 +10,9 @@ import kornia
 import pytest
 import torch
 
-from medseg.losses import LovaszHingeLoss, LovaszSoftmaxLoss
-from medseg.losses.lovasz import lovasz_extension
+from medseg.losses import LovaszHingeLoss, LovaszSoftmaxLoss, lovasz
+from medseg.losses._prepare import Prepared
+from medseg.losses.lovasz import lovasz_extension, lovasz_jaccard_weights
 
 from .cases import CASES
 from .test_properties import one_hot, random_batch
@@ -151,28 +152,22 @@ def test_background_only_image_in_small_batch():
     assert value.item() == 0.0 and torch.all(logits.grad == 0)
 
 
-def test_softmax_sorts_only_the_voxels_that_carry_weight(monkeypatch):
-    # one image, class 1 of 6 voxels: foreground errors 0.2, 0.6; background errors (p1) 0.3, 0.1, 0.05, 0.2.
-    # After the last foreground voxel (error 0.2) the Jaccard loss stops changing: background voxels with smaller
-    # errors (0.1, 0.05) weigh nothing and are not sorted; the tie at 0.2 is kept. Class 0 (the complement) has
-    # foreground errors 0.3, 0.1, 0.05, 0.2 (smallest 0.05): all six voxels count.
-    sizes = []
-    original_sort = torch.sort
-
-    def recording_sort(values, *args, **kwargs):
-        sizes.append(values.numel())
-        return original_sort(values, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "sort", recording_sort)
-    p1 = torch.tensor([0.8, 0.4, 0.3, 0.1, 0.05, 0.2], dtype=torch.float64)
-    probs = torch.stack([1 - p1, p1]).view(1, 2, 1, 6)
+def test_gradient_reaches_only_the_voxels_that_carry_weight():
+    # one image, class 1 of 6 voxels (binary fractions: exact errors): foreground errors 1/4, 5/8; background errors
+    # (p1) 5/16, 1/8, 1/16, 1/4. After the last foreground voxel (error 1/4) the Jaccard loss stops changing: the
+    # background voxels with smaller errors (1/8, 1/16) weigh nothing. Ties keep the voxel order: sorted
+    # 5/8 (f) 5/16 (b) 1/4 (f, voxel 0) 1/4 (b, voxel 5), |F| = 2: weights 1/2, 1/6, 1/3, 0, so by hand
+    # d loss / d p1 = -1/3, -1/2 (foreground: the error falls as p rises), +1/6, 0, 0, 0.
+    p1 = torch.tensor([0.75, 0.375, 0.3125, 0.125, 0.0625, 0.25], dtype=torch.float64, requires_grad=True)
+    probs = torch.stack([1 - p1.detach(), p1]).view(1, 2, 1, 6)
     labels = torch.tensor([1, 1, 0, 0, 0, 0]).view(1, 1, 1, 6)
-    loss = LovaszSoftmaxLoss(softmax=False, reduction="none")(probs, labels).flatten()
-    assert sorted(sizes) == [4, 6]
-    monkeypatch.setattr(torch, "sort", original_sort)
-    for c in (0, 1):
-        errors = (labels.flatten() == c).double() - probs[0, c].flatten()
-        assert abs(loss[c].item() - lovasz_by_sets(errors.abs().tolist(), (labels.flatten() == c).tolist())) < 1e-12
+    loss = LovaszSoftmaxLoss(softmax=False, reduction="none")(probs, labels).flatten()[1]
+    (grad,) = torch.autograd.grad(loss, p1)
+    expected = torch.tensor([-1 / 3, -1 / 2, 1 / 6, 0, 0, 0], dtype=torch.float64)
+    torch.testing.assert_close(grad, expected, atol=1e-15, rtol=0)
+    assert (
+        abs(loss.item() - lovasz_by_sets([0.25, 0.625, 0.3125, 0.125, 0.0625, 0.25], [True] * 2 + [False] * 4)) < 1e-12
+    )
 
 
 def dense_lovasz_softmax(probs, labels, per_image, ignore_index=None):
@@ -213,6 +208,69 @@ def test_values_and_gradients_match_the_dense_reference(per_image):
     (reference_grad,) = torch.autograd.grad(reference, logits)
     assert abs(ours.item() - reference.item()) < 1e-12
     torch.testing.assert_close(ours_grad, reference_grad, atol=1e-12, rtol=0)
+
+
+def dense_lovasz_hinge(logits, labels, per_image, ignore_index=None):
+    """Berman's lovasz_hinge per channel against its one-hot: every voxel sorted (stable), the Jaccard weights by
+    differencing (lovasz_jaccard_weights), autograd through it; mean over (image, channel) terms (or channels)."""
+    batch, num_classes = logits.shape[:2]
+    groups = [[b] for b in range(batch)] if per_image else [list(range(batch))]
+    terms = []
+    for group in groups:
+        z = logits[group].movedim(1, -1).reshape(-1, num_classes)
+        y = labels[group].reshape(-1)
+        keep = y != ignore_index if ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+        z, y = z[keep], y[keep]
+        for c in range(num_classes):
+            g = (y == c).to(z.dtype)
+            errors, order = torch.sort(1 - z[:, c] * (2 * g - 1), descending=True, stable=True)
+            terms.append(torch.dot(errors.clamp_min(0), lovasz_jaccard_weights(g[order])) if len(g) else z.sum() * 0)
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("block", [1, 40, 10**9])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_blocks_of_rows_match_the_dense_reference(block, per_image, monkeypatch):
+    # a block holds one row (or part of an image's classes), several rows or images, or everything
+    monkeypatch.setattr(lovasz, "_BLOCK_VOXELS", block)
+    g = torch.Generator().manual_seed(21)
+    logits = torch.randn(3, 4, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (3, 1, 5, 4), generator=g)
+    labels[1, 0, :2] = 255
+    labels[2][labels[2] == 3] = 0  # class 3 absent from image 2: a row without foreground
+    for ours, reference in (
+        (
+            LovaszSoftmaxLoss(per_image=per_image, ignore_index=255),
+            dense_lovasz_softmax(logits.softmax(1), labels, per_image, 255),
+        ),
+        (LovaszHingeLoss(per_image=per_image, ignore_index=255), dense_lovasz_hinge(logits, labels, per_image, 255)),
+    ):
+        value = ours(logits, labels)
+        (grad,) = torch.autograd.grad(value, logits)
+        (reference_grad,) = torch.autograd.grad(reference, logits)
+        assert abs(value.item() - reference.item()) < 1e-12, type(ours).__name__
+        torch.testing.assert_close(grad, reference_grad, atol=1e-12, rtol=0)
+
+
+def test_a_label_map_builds_no_one_hot_target(monkeypatch):
+    # the foreground of each row comes from the labels: the one-hot (B, C, ...) target is never built
+    def no_target(self):
+        raise AssertionError("one-hot target built")
+
+    g = torch.Generator().manual_seed(22)
+    logits = torch.randn(2, 4, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 1, 6, 5), generator=g)
+    labels[0, 0, 0] = 255
+    softmax_reference = reference_lovasz_softmax(logits.detach().softmax(1), labels, False, [3, 1], 255, False)
+    hinge_reference = dense_lovasz_hinge(logits, labels, True, 255)
+    monkeypatch.setattr(Prepared, "_build_target", no_target)
+    softmax = LovaszSoftmaxLoss(include_background=False, classes=[3, 1], ignore_index=255)(logits, labels)
+    hinge = LovaszHingeLoss(ignore_index=255)(logits, labels)
+    assert abs(softmax.item() - softmax_reference) < 1e-12
+    assert abs(hinge.item() - hinge_reference.item()) < 1e-12
+    torch.testing.assert_close(
+        torch.autograd.grad(hinge, logits)[0], torch.autograd.grad(hinge_reference, logits)[0], atol=1e-12, rtol=0
+    )
 
 
 def test_ties_give_the_set_definition_value():
