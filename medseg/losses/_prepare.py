@@ -67,6 +67,16 @@ def _memo(store: dict[Any, Any] | None, key: Any, compute: Callable[[], Any]) ->
     return store[key]
 
 
+#: device types without float64 tensors
+_NO_FLOAT64 = frozenset({"mps"})
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the label-map sums: float64 (exact counts, no float32 drift over millions of voxels), float32 on
+    a device without float64 (Apple MPS)."""
+    return torch.float32 if device.type in _NO_FLOAT64 else torch.float64
+
+
 class ShapeMismatchError(ValueError, AssertionError):
     """Input and target shapes that do not fit: a ``ValueError`` (medseg's rule for bad input) that is also the
     ``AssertionError`` MONAI's losses raise, so code catching either keeps working."""
@@ -196,11 +206,13 @@ class Prepared:
         return self._full_log_softmax().gather(1, self.labels.unsqueeze(1))
 
     def label_counts(self) -> torch.Tensor:
-        """Voxels per class over the batch, all C classes ``(C,)``, ignored voxels left out (float64 counts)."""
-        weights = torch.ones(self.labels.numel(), dtype=torch.float64, device=self.labels.device)
+        """Voxels per class over the batch, all C classes ``(C,)``, ignored voxels left out (counted in
+        :func:`accumulation_dtype`)."""
+        dtype = accumulation_dtype(self.labels.device)
+        weights = torch.ones(self.labels.numel(), dtype=dtype, device=self.labels.device)
         if self.mask is not None:
-            weights = self.mask.flatten().to(torch.float64)
-        counts = torch.zeros(self._full_logits.shape[1], dtype=torch.float64, device=self.labels.device)
+            weights = self.mask.flatten().to(dtype)
+        counts = torch.zeros(self._full_logits.shape[1], dtype=dtype, device=self.labels.device)
         return counts.scatter_add_(0, self.labels.flatten(), weights).to(self._full_logits.dtype)
 
     @property
@@ -258,7 +270,8 @@ def _label_softmax_path(prep: Prepared, squared: bool, soft_label: bool) -> bool
 class _SoftmaxLabelOverlap(torch.autograd.Function):
     r"""Per item and class :math:`TP = \sum_i m_i p_{i,l_i}[l_i = c]`, :math:`\sum_i m_i p_{ic}` and
     :math:`\sum_i m_i [l_i = c]` of :math:`p = \mathrm{softmax}(x)` and a label map :math:`l` (mask :math:`m`),
-    without a one-hot target: TP by a gather of :math:`p_{i,l_i}` and a float64 ``scatter_add`` over the labels.
+    without a one-hot target: TP by a gather of :math:`p_{i,l_i}` and a float64 ``scatter_add`` over the labels
+    (float32 where the device has no float64).
 
     Backward is the closed form through the softmax Jacobian: with :math:`a_{ic} = m_i(\bar s_c + \bar t_c
     [l_i = c])` (:math:`\bar t, \bar s` the gradients of TP and :math:`\sum p`),
@@ -365,19 +378,21 @@ class _ProbLabelOverlap(torch.autograd.Function):
 def _label_sums(
     p: torch.Tensor, lab: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TP, Σp and Σg per item and class of probabilities ``(B, C, N)`` and labels ``(B, N)`` (float64 TP, Σg)."""
+    """TP, Σp and Σg per item and class of probabilities ``(B, C, N)`` and labels ``(B, N)`` (TP and Σg summed in
+    :func:`accumulation_dtype`)."""
     b, c = p.shape[:2]
+    dtype = accumulation_dtype(p.device)
     p_lab = p.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, N): the probability of each voxel's label
     if mask is None:
         sum_p = p.sum(2)
-        count = torch.ones_like(p_lab, dtype=torch.float64)
+        count = torch.ones_like(p_lab, dtype=dtype)
     else:
         m = mask.reshape(b, -1).to(p.dtype)
         sum_p = torch.bmm(p, m.unsqueeze(2)).squeeze(2)
         p_lab = p_lab * m
-        count = m.to(torch.float64)
-    zeros = torch.zeros(b, c, dtype=torch.float64, device=p.device)
-    tp = zeros.scatter_add(1, lab, p_lab.to(torch.float64)).to(p.dtype)
+        count = m.to(dtype)
+    zeros = torch.zeros(b, c, dtype=dtype, device=p.device)
+    tp = zeros.scatter_add(1, lab, p_lab.to(dtype)).to(p.dtype)
     return tp, sum_p, zeros.scatter_add(1, lab, count).to(p.dtype)
 
 

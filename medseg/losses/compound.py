@@ -17,6 +17,7 @@ from torch import nn
 from ._prepare import (
     Prepared,
     SegmentationLoss,
+    accumulation_dtype,
     class_weight_tensor,
     describe_loss,
     overlap_stats,
@@ -326,8 +327,9 @@ class ComboLoss(SegmentationLoss):
         log_not_p = log_not_p.scatter(1, labels, 0.0)  # the negatives only
         negatives = prep.masked(log_not_p).sum(prep.spatial_dims)
         b, c = p.shape[:2]
-        positives = torch.zeros(b, c, dtype=torch.float64, device=p.device).scatter_add(
-            1, labels.flatten(1), prep.masked(log_p_label).flatten(1).to(torch.float64)
+        dtype = accumulation_dtype(p.device)
+        positives = torch.zeros(b, c, dtype=dtype, device=p.device).scatter_add(
+            1, labels.flatten(1), prep.masked(log_p_label).flatten(1).to(dtype)
         )
         terms = -(self.beta * positives.to(p.dtype) + (1.0 - self.beta) * negatives)
         return terms[:, prep.classes[0] :]

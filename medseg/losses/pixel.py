@@ -10,7 +10,14 @@ import torch
 from torch.nn.functional import logsigmoid, nll_loss
 
 from ._aux import checked_map
-from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, prepare
+from ._prepare import (
+    Prepared,
+    SegmentationLoss,
+    accumulation_dtype,
+    apply_class_weight,
+    class_weight_tensor,
+    prepare,
+)
 from .registry import register
 
 __all__ = [
@@ -143,9 +150,10 @@ def _sigmoid_focal_chunks(
     gamma: float,
     with_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:class:`_SigmoidFocalSum`'s forward: the sum (float64 across chunks) and the gradient (or ``None``)."""
+    """:class:`_SigmoidFocalSum`'s forward: the sum (across chunks in :func:`accumulation_dtype`) and the gradient
+    (or ``None``)."""
     b, c, n = logits.shape
-    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    total = torch.zeros((), dtype=accumulation_dtype(logits.device), device=logits.device)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if with_grad else None
     step = max(1, _CHUNK // (b * c))
     for start in range(0, n, step):

@@ -13,8 +13,9 @@ from unittest import mock
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from medseg.losses import BalancedCrossEntropyLoss, DiceFocalLoss, FocalLoss, _prepare, pixel
+from medseg.losses import BalancedCrossEntropyLoss, DiceFocalLoss, FocalLoss, _prepare, get_loss, pixel
 
 
 def batch(seed: int, classes: int = 4, spatial=(5, 6), scale: float = 3.0, dtype=torch.float64):
@@ -268,3 +269,42 @@ def test_dice_focal_builds_no_one_hot():
     theirs = value_and_grad(monai_losses.DiceFocalLoss(to_onehot_y=True, softmax=True), logits, labels)
     # MONAI's sigmoid focal term differs from the formula by ~1e-8 in float64 (see test_fast_paths)
     torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-8)
+
+
+class Float64Spy(TorchDispatchMode):
+    """Records the ops that produce a float64 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        if any(isinstance(o, torch.Tensor) and o.dtype == torch.float64 for o in outputs):
+            self.ops.append(str(func))
+        return out
+
+
+def test_a_device_without_float64_sums_the_label_map_in_float32():
+    """Apple MPS has no float64: there the label-map sums accumulate in float32 (forced here on the CPU)."""
+    assert _prepare.accumulation_dtype(torch.device("mps")) == torch.float32
+    assert _prepare.accumulation_dtype(torch.device("cpu")) == torch.float64
+    logits, labels = batch(seed=11, spatial=(4, 5, 6), dtype=torch.float32)
+    labels = labels.clone()
+    labels.view(-1)[[0, 3]] = 255
+    losses = [
+        get_loss("dice", softmax=True, ignore_index=255),
+        get_loss("exp_log", softmax=True, ignore_index=255),
+        get_loss("combo", softmax=True, ignore_index=255),
+        FocalLoss(ignore_index=255),
+        BalancedCrossEntropyLoss(ignore_index=255),
+    ]
+    for loss in losses:
+        expected, expected_grad = value_and_grad(loss, logits, labels)
+        spy = Float64Spy()
+        with mock.patch.object(_prepare, "_NO_FLOAT64", frozenset({"cpu"})), spy:
+            value, grad = value_and_grad(loss, logits, labels)
+        assert not spy.ops, (loss, spy.ops)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
