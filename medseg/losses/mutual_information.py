@@ -244,6 +244,11 @@ class RegionMutualInformationLoss(SegmentationLoss):
     factorisations and the log-det run in float64 (outside autocast), then return to the input's float dtype.
     3D (R×R×R neighbourhoods, ``avg_pool3d``) is new here: the paper and the authors' code are 2D only.
 
+    Cost: at full resolution the loss takes one sigmoid and one softplus and pools the probabilities
+    (:class:`_SigmoidBCE`, whose backward is two passes); a label-map target is read by index and pooled by
+    counting labels per window, never expanded one-hot. The three covariances come from one float64 ``bmm`` of the
+    stacked pooled neighbourhood vectors (:class:`_JointCovariance`), their gradient from one ``baddbmm``.
+
     Sign: RMI is negative by definition (the bound is up to constants); since :math:`\Sigma_{Y|P} \succeq 0` it
     is bounded below by :math:`\frac{1}{2}\log\alpha \approx -3.80` per class. Empty classes: a class absent from
     (or filling) an image's pooled target has :math:`\tilde Y = 0`, so its RMI term is exactly that minimum
