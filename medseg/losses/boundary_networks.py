@@ -369,11 +369,122 @@ class InverseFormLoss(SegmentationLoss):
         return reduce(per_class, self.reduction, input.ndim - 2)
 
 
-def _offsets(spatial_ndim: int, radius: int) -> Iterator[tuple[int, ...]]:
-    """Every non-zero offset of the ``(2·radius + 1)``-wide cube."""
-    for offset in itertools.product(range(-radius, radius + 1), repeat=spatial_ndim):
-        if any(offset):
-            yield offset
+def _window_extreme(x: torch.Tensor, width: int, extreme: Callable, fill: int) -> torch.Tensor:
+    """Largest (``torch.maximum``) or smallest (``torch.minimum``) value of ``x`` ``(B, *S)`` within the chessboard
+    radius ``width`` of each voxel (outside the grid: ``fill``): per axis, windows of doubling length, then two
+    overlapping ones (about log2(2w + 1) + 1 elementwise passes per axis)."""
+    window = 2 * width + 1
+    for axis in range(1, x.ndim):
+        size = x.shape[axis]
+        pad = [0, 0] * (x.ndim - 1 - axis) + [width, width]
+        current, span = F.pad(x, pad, value=fill), 1
+        while 2 * span <= window:
+            length = current.shape[axis] - span
+            current = extreme(current.narrow(axis, 0, length), current.narrow(axis, span, length))
+            span *= 2
+        x = extreme(current.narrow(axis, 0, size), current.narrow(axis, window - span, size))
+    return x
+
+
+class _FlatWindow:
+    r"""The ``(2r + 1)``-wide window of a ``(B, *S)`` grid as shifts of one flat axis.
+
+    A map ``(B, Ch, *S)`` is padded by r on every side and flattened to ``(Ch, P)`` (batch and space together):
+    the neighbour of position p at offset o is then position :math:`p + \delta_o`, with
+    :math:`\delta_o = \sum_d o_d\,\mathrm{stride}_d` of the padded grid, and every window stays inside its own
+    image. Each unordered pair of window neighbours appears once, as ``(p, p + delta)`` for the offsets with
+    ``delta > 0``; every voxel of the grid lies in ``[start, stop)``.
+    """
+
+    def __init__(self, spatial: Sequence[int], radius: int) -> None:
+        self.spatial = tuple(spatial)
+        self.radius = radius
+        self.padded = tuple(n + 2 * radius for n in spatial)
+        strides = [math.prod(self.padded[d + 1 :]) for d in range(len(spatial))]
+        offsets = itertools.product(range(-radius, radius + 1), repeat=len(spatial))
+        deltas = (sum(o * s for o, s in zip(offset, strides, strict=True)) for offset in offsets)
+        self.deltas = tuple(d for d in deltas if d > 0)
+        self.start = radius * sum(strides)
+
+    def pair_slices(self, length: int) -> Iterator[tuple[slice, slice]]:
+        """Per offset ``delta > 0``, the positions of the pairs' two ends: ``p`` and ``p + delta``, for every pair
+        with an end in ``[start, length - start)``."""
+        stop = length - self.start
+        for delta in self.deltas:
+            yield slice(self.start - delta, stop), slice(self.start, stop + delta)
+
+    def flatten(self, x: torch.Tensor, value: float = 0) -> torch.Tensor:
+        """``(B, Ch, *S)`` -> padded ``(Ch, P)``."""
+        padded = F.pad(x, [self.radius] * (2 * len(self.spatial)), value=value)
+        return padded.movedim(1, 0).reshape(x.shape[1], -1)
+
+    def unflatten(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(Ch, P)`` -> ``(B, Ch, *S)``, the padding cut off."""
+        inside = tuple(slice(self.radius, self.radius + n) for n in self.spatial)
+        return x.view(x.shape[0], batch, *self.padded).movedim(0, 1)[(slice(None), slice(None), *inside)]
+
+
+class _WindowSums(torch.autograd.Function):
+    r"""Sums over the window neighbours j of every position i (flat layout of :class:`_FlatWindow`), for the
+    conditional boundary loss, with :math:`s_{ij} = [y_i = y_j]`, :math:`\kappa_j` (neighbour correctly
+    classified) and unit features :math:`u`:
+
+    - ``pairs`` ``(2, P)``: :math:`\sum_j \kappa_j (u_i \cdot u_j - s_{ij})^2` (differentiable in :math:`u`) and
+      :math:`\sum_j \kappa_j`;
+    - ``sums`` ``(C + F + 2, P)``: :math:`\sum_j s_{ij} x_j` of the stack :math:`x = (z, \kappa f, 1, \kappa)`:
+      the same-class logit sum (differentiable in :math:`z`), the correct same-class feature sum (a target, no
+      gradient to :math:`f`) and the two counts, in one pass per offset.
+
+    Each unordered pair is visited once and feeds both ends (:math:`u_i \cdot u_j` and :math:`s_{ij}` are
+    symmetric). Per offset only the cosines and :math:`s` (one value per position) are kept for the backward pass:
+    :math:`\partial/\partial u_i = \sum_j 2 (u_i \cdot u_j - s_{ij})(g_i \kappa_j + g_j \kappa_i)\, u_j` and
+    :math:`\partial/\partial z_j = \sum_i s_{ij} G_i`.
+    """
+
+    @staticmethod
+    def forward(ctx, unit, logits, labels, correct, features, window):
+        dtype = torch.promote_types(logits.dtype, features.dtype)
+        stacked = torch.cat(
+            [
+                logits.to(dtype),
+                (features * correct).to(dtype),
+                torch.ones_like(correct)[None].to(dtype),
+                correct[None].to(dtype),
+            ]
+        )
+        sums = torch.zeros_like(stacked)
+        pairs = correct.new_zeros(2, correct.shape[0])
+        keep = any(ctx.needs_input_grad[:2])
+        ctx.pairs = []
+        for head, tail in window.pair_slices(correct.shape[0]):
+            same = (labels[head] == labels[tail]).to(dtype)
+            cosine = (unit[:, head] * unit[:, tail]).sum(0)
+            sums[:, head].addcmul_(stacked[:, tail], same)
+            sums[:, tail].addcmul_(stacked[:, head], same)
+            error = (cosine - same).square_()
+            pairs[0, head].addcmul_(correct[tail], error)
+            pairs[0, tail].addcmul_(correct[head], error)
+            pairs[1, head] += correct[tail]
+            pairs[1, tail] += correct[head]
+            if keep:
+                ctx.pairs.append((head, tail, same, cosine))
+        ctx.save_for_backward(unit, correct)
+        ctx.num_classes = logits.shape[0]
+        return pairs, sums.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_pairs, grad_sums):
+        unit, correct = ctx.saved_tensors
+        grad_error, grad_class = grad_pairs[0], grad_sums[: ctx.num_classes]
+        grad_unit, grad_logits = torch.zeros_like(unit), torch.zeros_like(grad_class)
+        for head, tail, same, cosine in ctx.pairs:
+            weight = (cosine - same).mul_(2) * (grad_error[head] * correct[tail] + grad_error[tail] * correct[head])
+            grad_unit[:, head].addcmul_(unit[:, tail], weight)
+            grad_unit[:, tail].addcmul_(unit[:, head], weight)
+            grad_logits[:, tail].addcmul_(grad_class[:, head], same)
+            grad_logits[:, head].addcmul_(grad_class[:, tail], same)
+        ctx.pairs = []
+        return grad_unit, grad_logits, None, None, None, None
 
 
 def _to_feature_grid(
@@ -502,11 +613,10 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         """Known voxels with a known voxel of another class within the chessboard radius w ``(B, *S)`` bool."""
         spatial = labels.shape[1:]
         width = max(1, round(self.boundary_ratio * math.sqrt(sum(n * n for n in spatial))))
-        onehot = F.one_hot(labels.clamp_min(0), num_classes).movedim(-1, 1) & known.unsqueeze(1)
-        others = (known.unsqueeze(1) & ~onehot).to(torch.float32)
-        pool = F.max_pool2d if len(spatial) == 2 else F.max_pool3d
-        near_other = pool(others, 2 * width + 1, 1, width) > 0
-        return (onehot & near_other).any(1)
+        # another known class within the window <=> the largest or the smallest known label there is not y_i
+        highest = _window_extreme(torch.where(known, labels, -1), width, torch.maximum, -1)
+        lowest = _window_extreme(torch.where(known, labels, num_classes), width, torch.minimum, num_classes)
+        return known & ((highest != labels) | (lowest != labels))
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if features is None:
@@ -528,38 +638,27 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         known = torch.ones_like(prep.labels, dtype=torch.bool) if prep.mask is None else prep.mask[:, 0] > 0
         logits, labels, known = _to_feature_grid(prep.logits, prep.labels, known, features.shape[2:])
         labels = torch.where(known, labels, -1)  # unknown voxels match no class
-        correct = (logits.detach().argmax(1) == labels) & known
+        correct = (logits.detach().max(1).indices == labels) & known  # the first largest, as argmax (faster)
         anchors = self.boundary_anchors(labels, known, num_classes)
         if not self.include_background:
             anchors = anchors & (labels != 0)
 
-        radius = self.kernel_size // 2
         spatial = labels.shape[1:]
-        pad = [radius] * (2 * len(spatial))
-        unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        padded_features, padded_unit, padded_logits = (F.pad(x, pad) for x in (features, unit, logits))
-        padded_labels = F.pad(labels, pad, value=-1)
-        padded_correct = F.pad(correct, pad, value=False)
-        correct_sum = torch.zeros_like(features)
-        correct_count = torch.zeros_like(features[:, 0])
-        class_logit_sum = torch.zeros_like(logits)
-        same_count = torch.zeros_like(logits[:, 0])
-        pair_error = torch.zeros_like(features[:, 0])
-        pair_count = torch.zeros_like(features[:, 0])
-        for offset in _offsets(len(spatial), radius):
-            window = tuple(slice(radius + o, radius + o + n) for o, n in zip(offset, spatial, strict=True))
-            neighbour_labels = padded_labels[(slice(None), *window)]
-            neighbour_correct = padded_correct[(slice(None), *window)]
-            same = neighbour_labels == labels
-            same_correct = (same & neighbour_correct).unsqueeze(1).to(features.dtype)
-            correct_sum = correct_sum + padded_features[(slice(None), slice(None), *window)] * same_correct
-            correct_count = correct_count + same_correct[:, 0]
-            class_logit_sum = class_logit_sum + padded_logits[(slice(None), slice(None), *window)] * same.unsqueeze(1)
-            same_count = same_count + same
-            cosine = (unit * padded_unit[(slice(None), slice(None), *window)]).sum(1)
-            pair = neighbour_correct.to(features.dtype)
-            pair_error = pair_error + pair * (cosine - same.to(features.dtype)) ** 2
-            pair_count = pair_count + pair
+        # |f| clamped at 1e-12: the square root of the clamped squared norm (as norm, and 10x faster on dim 1)
+        unit = features / features.square().sum(1, keepdim=True).clamp_min(1e-24).sqrt()
+        window = _FlatWindow(spatial, self.kernel_size // 2)
+        pairs, sums = _WindowSums.apply(
+            window.flatten(unit),
+            window.flatten(logits),
+            window.flatten(labels.unsqueeze(1), -1)[0],
+            window.flatten(correct.unsqueeze(1).to(features.dtype))[0],
+            window.flatten(features.detach()),
+            window,
+        )
+        pair_error, pair_count = window.unflatten(pairs, labels.shape[0]).unbind(1)
+        sums = window.unflatten(sums, labels.shape[0])
+        class_logit_sum, correct_sum, same_count, correct_count = sums.split([num_classes, features.shape[1], 1, 1], 1)
+        same_count, correct_count = same_count[:, 0], correct_count[:, 0]
 
         centre = (correct_sum / correct_count.clamp_min(1).unsqueeze(1)).detach()
         distance_term = ((features - centre) ** 2).mean(1)
