@@ -128,7 +128,7 @@ class _WeightedSquaredError(torch.autograd.Function):
         weighted = difference * weight
         ctx.save_for_backward(weighted)
         ctx.first, ctx.shape = first, all_probs.shape
-        return (weighted * difference).sum(tuple(range(2, all_probs.ndim)))
+        return difference.mul_(weighted).sum(tuple(range(2, all_probs.ndim)))  # in place: no third buffer
 
     @staticmethod
     @once_differentiable
