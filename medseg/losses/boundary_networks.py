@@ -483,7 +483,6 @@ class _WindowSums(torch.autograd.Function):
             grad_unit[:, tail].addcmul_(unit[:, head], weight)
             grad_logits[:, tail].addcmul_(grad_class[:, head], same)
             grad_logits[:, head].addcmul_(grad_class[:, tail], same)
-        ctx.pairs = []
         return grad_unit, grad_logits, None, None, None, None
 
 
