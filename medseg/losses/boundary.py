@@ -690,11 +690,12 @@ class ActiveBoundaryLoss(_MapLoss):
             neighbour_distance[learnable],
         )
         inside = torch.isfinite(neighbour_distance)  # in the patch and not ignored
-        centre_log_probs = log_probs.movedim(1, -1)[boundary][learnable]
+        voxel_strides = _strides(list(spatial), input.device)
+        centre_voxel = (centres[:, 1:] * voxel_strides).sum(1, keepdim=True)
+        # (M, C), indexed in the channel-first layout: the backward scatters into a (B, C, N) gradient, no transpose
+        centre_log_probs = log_probs.flatten(2)[centres[:, :1], :, centre_voxel][:, 0]
         if self.detach_neighbours:
             # neighbours read class by class where they lie; one outside the patch reads the centre (KL 0)
-            voxel_strides = _strides(list(spatial), input.device)
-            centre_voxel = (centres[:, 1:] * voxel_strides).sum(1, keepdim=True)
             neighbour_voxel = torch.where(inside, centre_voxel + (steps * voxel_strides).sum(1), centre_voxel)
             counts = torch.bincount(centres[:, 0], minlength=batch).tolist()
             source = log_probs.detach().contiguous()
