@@ -125,36 +125,6 @@ def _sort_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sorted_keys, order
 
 
-def _label_row_stats(
-    values: torch.Tensor,
-    labels: torch.Tensor,
-    class_ids: torch.Tensor,
-    valid: torch.Tensor | None,
-    per_image: bool,
-    kind: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground count and smallest foreground error of every row ``(B or 1, C)``, from the label map: one pass
-    over the voxels (each voxel's own class), not over the C channels. A row without foreground gets ``inf``."""
-    batch, classes = values.shape[:2]
-    column = torch.full(
-        (int(max(labels.max(), class_ids.max())) + 1,), classes, dtype=torch.int64, device=labels.device
-    )
-    column[class_ids] = torch.arange(classes, device=labels.device)
-    column = column[labels]  # (B, 1, N): the voxel's row within its image, `classes` where its class is not scored
-    if valid is not None:
-        column.masked_fill_(valid.logical_not(), classes)
-    own = values.gather(1, column.clamp_max(classes - 1))
-    errors = 1.0 - own if kind == "softmax" else torch.rsub(own, 1.0).clamp_min_(0.0)
-    if per_image:
-        column += torch.arange(batch, device=column.device).view(-1, 1, 1) * (classes + 1)
-    bins = (batch if per_image else 1) * (classes + 1)
-    column = column.flatten()
-    totals = torch.bincount(column, minlength=bins)
-    smallest = torch.full((bins,), torch.inf, dtype=values.dtype, device=values.device)
-    smallest.scatter_reduce_(0, column, errors.flatten(), "amin")
-    return totals.view(-1, classes + 1)[:, :classes], smallest.view(-1, classes + 1)[:, :classes]
-
-
 def _row_weights(foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
     r"""The weights :math:`J_k - J_{k-1}` of the head ``(rows, M)`` of rows in sorted order, in closed form, free of
     the cancellation of differencing :math:`J`; ``foreground`` is the sorted 0/1 indicator and ``totals`` =
@@ -182,20 +152,16 @@ def _weighted_counts(sorted_keys: torch.Tensor, smallest: torch.Tensor, totals: 
 
 
 def _block_terms(
-    errors: torch.Tensor, foreground: torch.Tensor, kind: str, stats: tuple[torch.Tensor, torch.Tensor] | None
+    errors: torch.Tensor, foreground: torch.Tensor, kind: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A block's per-row losses (float64), foreground counts, and for the backward the order of its weighted head
-    ``(rows, M)`` (int32) with the weights, negated on foreground voxels (where the error falls as the value rises).
+    ``(rows, M)`` with the weights, negated on foreground voxels (where the error falls as the value rises).
 
     Each row is sorted whole; the weights J_k - J_{k-1} come in closed form (:func:`_row_weights`), zero past the
-    row's weighted voxels (:func:`_weighted_counts`). Counts and weights are float32 where that is exact. ``stats``:
-    the rows' foreground counts and smallest foreground errors where known (:func:`_label_row_stats`).
+    row's weighted voxels (:func:`_weighted_counts`). Counts and weights are float32 where that is exact.
     """
     rows, length = errors.shape
-    if stats is None:
-        totals, smallest = foreground.sum(1), torch.where(foreground, errors, torch.inf).amin(1)
-    else:
-        totals, smallest = stats
+    totals, smallest = foreground.sum(1), torch.where(foreground, errors, torch.inf).amin(1)
     sorted_keys, order = _sort_rows(_sort_keys(errors))
     counts = _weighted_counts(sorted_keys, smallest, totals)
     head = max(counts, default=0)
@@ -209,7 +175,7 @@ def _block_terms(
     losses = torch.bmm(sorted_errors.double().unsqueeze(1), weight.double().unsqueeze(2)).view(rows)  # float64 sums
     if kind != "errors":
         weight.mul_(sorted_foreground.mul(-2.0).add_(1.0))  # -w on foreground voxels
-    return losses, totals, order.to(torch.int32), weight
+    return losses, totals, order, weight
 
 
 class _LovaszRows(torch.autograd.Function):
@@ -229,14 +195,12 @@ class _LovaszRows(torch.autograd.Function):
         losses = values.new_zeros(shape)
         totals = torch.zeros(shape, dtype=torch.int64, device=values.device)
         blocks, saved = _blocks(batch, classes, size, per_image), []
-        stats = None if labels is None else _label_row_stats(values, labels, class_ids, valid, per_image, kind)
         for b0, b1, c0, c1 in blocks:
             foreground = _block_foreground(target, labels, class_ids, valid, (b0, b1, c0, c1), per_image)
             block_valid = None if valid is None else valid[b0:b1]
             errors = _block_errors(values[b0:b1, c0:c1], foreground, block_valid, per_image, kind)
             out = (slice(b0, b1) if per_image else slice(0, 1), slice(c0, c1))
-            block_stats = None if stats is None else tuple(x[out].reshape(-1) for x in stats)
-            row_losses, row_totals, order, weight = _block_terms(errors, foreground, kind, block_stats)
+            row_losses, row_totals, order, weight = _block_terms(errors, foreground, kind)
             losses[out] = row_losses.view(losses[out].shape)
             totals[out] = row_totals.view(totals[out].shape)
             saved += [order, weight]
@@ -249,15 +213,17 @@ class _LovaszRows(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad, _grad_totals):
         batch, classes, size = ctx.shape
-        grad_values = grad.new_zeros((batch, classes, size) if ctx.per_image else (classes, batch, size))
+        grad_values = grad.new_empty((batch, classes, size))  # every block writes all of its voxels
         saved = ctx.saved_tensors
         for (b0, b1, c0, c1), order, weight in zip(ctx.blocks, saved[::2], saved[1::2], strict=True):
-            if ctx.per_image:
-                rows, row_grad = grad_values[b0:b1, c0:c1], grad[b0:b1, c0:c1]
-            else:
-                rows, row_grad = grad_values[c0:c1], grad[0, c0:c1]
-            rows.view(order.shape[0], -1).scatter_(1, order.long(), weight * row_grad.reshape(-1, 1))
-        return grad_values if ctx.per_image else grad_values.transpose(0, 1), None, None, None, None, None, None
+            row_grad = weight * (grad[b0:b1, c0:c1] if ctx.per_image else grad[0, c0:c1]).reshape(-1, 1)
+            if ctx.per_image:  # the block's rows are contiguous in (B, C, N)
+                grad_values[b0:b1, c0:c1].zero_().view(order.shape[0], -1).scatter_(1, order, row_grad)
+            else:  # rows (c, b N + n) go back to (b, c, n) block by block, in a block-sized buffer
+                rows = grad.new_zeros((c1 - c0, batch, size))
+                rows.view(order.shape[0], -1).scatter_(1, order, row_grad)
+                grad_values[:, c0:c1] = rows.transpose(0, 1)
+        return grad_values, None, None, None, None, None, None
 
 
 def _lovasz_rows(
