@@ -396,12 +396,143 @@ def _label_sums(
     return tp, sum_p, zeros.scatter_add(1, lab, count).to(p.dtype)
 
 
+#: elements of ``(B, C, N)`` per chunk of :class:`_SoftmaxLabelSums`: its temporaries stay in a core's L2 cache
+_CHUNK = 1 << 17
+
+
+def softmax_label_sums(prep: Prepared) -> tuple[torch.Tensor, ...]:
+    """TP, Σp, Σg, Σ log p (positives) and Σ log(1 − p) (negatives) per item and class, all C classes ``(B, C)``,
+    of the softmax and the label map in one chunked pass (:class:`_SoftmaxLabelSums`); in a
+    :func:`shared_preparation` block the Dice-type terms take TP, Σp and Σg from here (no second softmax)."""
+    sums = _SoftmaxLabelSums.apply(prep._full_logits, prep.labels, prep.mask)
+    if prep._shared is not None:
+        prep._shared[("label_sums", id(prep.labels), id(prep.mask))] = sums
+    return sums
+
+
+class _SoftmaxLabelSums(torch.autograd.Function):
+    r"""Per item and class, of :math:`p = \mathrm{softmax}(x)`, a label map :math:`l` and a mask :math:`m`:
+    :math:`TP_c = \sum_{i: l_i = c} m_i p_{ic}`, :math:`\sum_i m_i p_{ic}`, :math:`\sum_{i: l_i = c} m_i`,
+    :math:`\sum_{i: l_i = c} m_i \log p_{ic}` and :math:`\sum_{i: l_i \ne c} m_i \log(1 - p_{ic})` (``1 - p`` at
+    least the dtype's eps, as ``log1p(-p.clamp(max=1 - eps))``), in cache-sized chunks, without a one-hot target.
+
+    Backward, with :math:`\bar t, \bar s, \bar q, \bar n` the gradients of TP, Σp, Σ log p and Σ log(1 − p):
+    :math:`a_{ic} = m_i(\bar s_c + \bar t_c [l_i = c] - \bar n_c [l_i \ne c][p_{ic} \le 1 - \epsilon] / (1 - p_{ic}))`
+    and :math:`u_i = m_i \bar q_{l_i}` give
+    :math:`\partial L / \partial x_{ic} = p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik} - u_i) + u_i [l_i = c]`, chunk by chunk
+    from the saved :math:`p`. Under ``create_graph`` the same sums are taken again in tracked ops.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        with torch.autocast(logits.device.type, enabled=False):
+            b, c = logits.shape[:2]
+            x = logits.reshape(b, c, -1)
+            lab = labels.reshape(b, -1)
+            m = None if mask is None else mask.reshape(b, 1, -1).to(x.dtype)
+            probs = torch.empty_like(x, memory_format=torch.contiguous_format)
+            dtype = accumulation_dtype(x.device)
+            sums = [torch.zeros(b, c, dtype=dtype, device=x.device) for _ in range(5)]
+            tp, sum_p, sum_g, pos_log, neg_log = sums
+            floor = 1.0 - torch.finfo(x.dtype).eps
+            step = max(1, _CHUNK // (b * c))
+            for start in range(0, x.shape[2], step):
+                part = slice(start, start + step)
+                index = lab[:, None, part]
+                mk = None if m is None else m[:, :, part]
+                log_p = torch.log_softmax(x[:, :, part], 1)
+                p = torch.exp(log_p, out=probs[:, :, part])
+                sum_p += (p if mk is None else p * mk).sum(2)
+                at_label = p.gather(1, index)
+                log_at_label = log_p.gather(1, index)
+                count = torch.ones_like(at_label) if mk is None else mk
+                if mk is not None:
+                    at_label, log_at_label = at_label * mk, log_at_label * mk
+                tp.scatter_add_(1, index[:, 0], at_label[:, 0].to(dtype))
+                sum_g.scatter_add_(1, index[:, 0], count[:, 0].to(dtype))
+                pos_log.scatter_add_(1, index[:, 0], log_at_label[:, 0].to(dtype))
+                log_not_p = torch.log1p(p.clamp(max=floor).neg_())
+                log_not_p.scatter_(1, index, 0.0)  # the negatives only
+                neg_log += (log_not_p if mk is None else log_not_p.mul_(mk)).sum(2)
+        outputs = tuple(total.to(x.dtype) for total in sums)
+        ctx.mark_non_differentiable(outputs[2])
+        ctx.save_for_backward(probs, lab, m, logits)
+        ctx.floor = floor
+        return outputs
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
+        probs, lab, m, logits = ctx.saved_tensors
+        b, c = probs.shape[:2]
+        grad_tp, grad_sum_p, _, grad_pos, grad_neg = (
+            torch.zeros(b, c, dtype=probs.dtype, device=probs.device) if g is None else g.to(probs.dtype) for g in grads
+        )
+        if torch.is_grad_enabled():  # create_graph: the same sums in tracked ops, differentiated by autograd
+            return _tracked_label_sums_grad(logits, lab, m, grad_tp, grad_sum_p, grad_pos, grad_neg, ctx.floor)
+        with torch.autocast(probs.device.type, enabled=False):
+            grad = torch.empty_like(probs)
+            step = max(1, _CHUNK // (b * c))
+            for start in range(0, probs.shape[2], step):
+                part = slice(start, start + step)
+                index = lab[:, None, part]
+                mk = None if m is None else m[:, :, part]
+                p = probs[:, :, part]
+                # a = s̄ + t̄ [l = c] − n̄ [l ≠ c][p ≤ 1 − eps] / (1 − p), times m
+                a = torch.rsub(p, 1.0)
+                a = torch.div(grad_neg.unsqueeze(2), a).neg_().masked_fill_(p > ctx.floor, 0.0)
+                a.scatter_(1, index, grad_tp.unsqueeze(2).expand(b, c, index.shape[2]).gather(1, index))
+                a.add_(grad_sum_p.unsqueeze(2))
+                u = grad_pos.gather(1, index[:, 0]).unsqueeze(1)
+                if mk is not None:
+                    a.mul_(mk)
+                    u = u * mk
+                shift = (p * a).sum(1, keepdim=True).add_(u)
+                out = grad[:, :, part]
+                torch.mul(p, a.sub_(shift), out=out)
+                out.scatter_add_(1, index, u)
+        return grad.reshape(logits.shape), None, None
+
+
+def _tracked_label_sums_grad(
+    logits: torch.Tensor,
+    lab: torch.Tensor,
+    m: torch.Tensor | None,
+    grad_tp: torch.Tensor,
+    grad_sum_p: torch.Tensor,
+    grad_pos: torch.Tensor,
+    grad_neg: torch.Tensor,
+    floor: float,
+) -> tuple[torch.Tensor, None, None]:
+    """:class:`_SoftmaxLabelSums`' gradient as autograd of the dense sums (for higher derivatives)."""
+    b, c = logits.shape[:2]
+    x = logits.reshape(b, c, -1)
+    log_p = torch.log_softmax(x, 1)
+    p = log_p.exp()
+    onehot = torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
+    weight = torch.ones_like(p[:, :1]) if m is None else m
+    log_not_p = torch.log1p(-p.clamp(max=floor)) * (1 - onehot)
+    total = (
+        (grad_tp.unsqueeze(2) * onehot * p * weight).sum()
+        + (grad_sum_p.unsqueeze(2) * p * weight).sum()
+        + (grad_pos.unsqueeze(2) * onehot * log_p * weight).sum()
+        + (grad_neg.unsqueeze(2) * log_not_p * weight).sum()
+    )
+    (grad,) = torch.autograd.grad(total, logits, create_graph=True)
+    return grad, None, None
+
+
 def _label_softmax_stats(prep: Prepared, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TP, FP, FN of :func:`overlap_stats` from the label map: from the logits (:class:`_SoftmaxLabelOverlap`), or
     in a :func:`shared_preparation` block where another term takes the softmax, from its probabilities
-    (:class:`_ProbLabelOverlap`: the block keeps one softmax)."""
+    (:class:`_ProbLabelOverlap`: the block keeps one softmax), or where a term took them with
+    :func:`softmax_label_sums`, those."""
     shared = prep._shared
-    if shared is not None and (shared["log_softmax_first"] or "softmax" in shared or "log_softmax" in shared):
+    stats_key = ("label_sums", id(prep.labels), id(prep.mask))
+    if shared is not None and stats_key in shared:  # a term of the block took them already (one fused pass)
+        tp, sum_p, sum_g = shared[stats_key][:3]
+    elif shared is not None and (shared["log_softmax_first"] or "softmax" in shared or "log_softmax" in shared):
         prep.probs  # noqa: B018 -- takes (or reads) the block's one softmax: the exp of its log-softmax
         tp, sum_p, sum_g = _ProbLabelOverlap.apply(shared["softmax"], prep.labels, prep.mask)
     else:

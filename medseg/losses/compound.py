@@ -17,12 +17,12 @@ from torch import nn
 from ._prepare import (
     Prepared,
     SegmentationLoss,
-    accumulation_dtype,
     class_weight_tensor,
     describe_loss,
     overlap_stats,
     reduce,
     shared_preparation,
+    softmax_label_sums,
 )
 from .pixel import CrossEntropyLoss, FocalLoss
 from .region import DiceLoss
@@ -317,21 +317,11 @@ class ComboLoss(SegmentationLoss):
 
     def label_map_ce_sums(self, prep: Prepared) -> torch.Tensor:
         r"""The β-weighted CE summed per item and class ``(B, C')`` for a softmax and hard labels, no one-hot:
-        :math:`-\beta \sum_{i: l_i = c} \log p_{ic}` by a gather and a float64 ``scatter_add`` over the labels,
-        :math:`-(1-\beta) \sum_{i: l_i \ne c} \log(1 - p_{ic})` with each voxel's own label zeroed (no
-        cancellation)."""
-        log_p_label = prep.label_log_prob()  # before the probabilities: in a shared block they are its exp
-        p = prep.all_probs
-        log_not_p = torch.log1p(-p.clamp(max=1.0 - torch.finfo(p.dtype).eps))
-        labels = prep.labels.unsqueeze(1)
-        log_not_p = log_not_p.scatter(1, labels, 0.0)  # the negatives only
-        negatives = prep.masked(log_not_p).sum(prep.spatial_dims)
-        b, c = p.shape[:2]
-        dtype = accumulation_dtype(p.device)
-        positives = torch.zeros(b, c, dtype=dtype, device=p.device).scatter_add(
-            1, labels.flatten(1), prep.masked(log_p_label).flatten(1).to(dtype)
-        )
-        terms = -(self.beta * positives.to(p.dtype) + (1.0 - self.beta) * negatives)
+        :math:`-\beta \sum_{i: l_i = c} \log p_{ic} - (1-\beta) \sum_{i: l_i \ne c} \log(1 - p_{ic})` from
+        :func:`~medseg.losses._prepare.softmax_label_sums` (one chunked pass, each voxel's own label left out of the
+        negatives: no cancellation), which also leaves the Dice term its TP, Σp and Σg."""
+        sums = softmax_label_sums(prep)
+        terms = -(self.beta * sums[3] + (1.0 - self.beta) * sums[4])
         return terms[:, prep.classes[0] :]
 
     def weighted_ce(self, prep: Prepared) -> torch.Tensor:

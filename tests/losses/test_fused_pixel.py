@@ -308,3 +308,65 @@ def test_a_device_without_float64_sums_the_label_map_in_float32():
         assert not spy.ops, (loss, spy.ops)
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_label_sums_gradcheck_and_second_derivatives():
+    logits, labels = batch(seed=12, classes=3, spatial=(3, 4))
+    mask = (torch.arange(labels.numel()).view_as(labels) % 4 != 0).to(logits)
+    grads = torch.randn(4, 2, 3, dtype=logits.dtype, generator=torch.Generator().manual_seed(0))
+
+    def weighted(x, m):
+        tp, sum_p, _, pos_log, neg_log = _prepare._SoftmaxLabelSums.apply(x, labels[:, 0], m)
+        return (grads[0] * tp + grads[1] * sum_p + grads[2] * pos_log + grads[3] * neg_log).sum()
+
+    x = logits.detach().requires_grad_(True)
+    with mock.patch.object(_prepare, "_CHUNK", 7):  # several chunks, the last one short
+        for m in (mask, None):
+            assert torch.autograd.gradcheck(lambda z, m=m: weighted(z, m), (x,))
+            assert torch.autograd.gradgradcheck(lambda z, m=m: weighted(z, m), (x,))
+
+
+def hand_combo(x, labels, mask, alpha, beta, first, batch_, smooth=1e-5):
+    """Taghanaki et al.'s combo loss on an explicit one-hot target: β-weighted one-vs-rest BCE of the softmax and the
+    Dice loss, per item and class (over the batch with ``batch_``), mean over the kept classes."""
+    p, log_p = torch.softmax(x, 1), torch.log_softmax(x, 1)
+    g = one_hot(labels, x.shape[1], x.dtype) * mask
+    log_not_p = torch.log1p(-p.clamp(max=1 - torch.finfo(x.dtype).eps))
+    ce_terms = -(beta * g * log_p + (1 - beta) * (1 - g) * log_not_p) * mask
+    dims = (0, 2, 3, 4) if batch_ else (2, 3, 4)
+    ce = ce_terms.sum(dims) / (mask.sum() if batch_ else mask.sum((1, 2, 3, 4)).unsqueeze(1))
+    tp = (p * g * mask).sum(dims)
+    dice = 1 - (2 * tp + smooth) / ((p * mask).sum(dims) + g.sum(dims) + smooth)
+    return (alpha * ce + (1 - alpha) * dice)[..., first:].mean()
+
+
+@pytest.mark.parametrize("options", [{}, {"include_background": False, "batch": True, "alpha": 0.25, "beta": 0.75}])
+def test_combo_takes_one_fused_pass_and_equals_the_formula_in_3d(options):
+    logits, labels = batch(seed=13, spatial=(3, 4, 5), scale=6.0)
+    labels = labels.clone()
+    labels.view(-1)[[2, 5, 8]] = 255
+    loss = get_loss("combo", softmax=True, ignore_index=255, **options)
+    calls = []
+    original = _prepare._SoftmaxLabelSums.apply
+    with (
+        mock.patch.object(_prepare, "_CHUNK", 23),
+        mock.patch.object(_prepare._SoftmaxLabelSums, "apply", lambda *a: calls.append(1) or original(*a)),
+        mock.patch.object(_prepare._SoftmaxLabelOverlap, "apply", side_effect=AssertionError("second pass")),
+        mock.patch.object(_prepare._ProbLabelOverlap, "apply", side_effect=AssertionError("second pass")),
+        no_one_hot(),
+    ):
+        value, grad = value_and_grad(loss, logits, labels)
+    assert len(calls) == 1
+    mask = (labels != 255).to(logits)
+    kept = labels.masked_fill(labels == 255, 0)
+    first = 0 if options.get("include_background", True) else 1
+    expected, expected_grad = value_and_grad(
+        lambda x, _: hand_combo(
+            x, kept, mask, options.get("alpha", 0.5), options.get("beta", 0.5), first, options.get("batch", False)
+        ),
+        logits,
+        labels,
+    )
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    # the closed form p (a - Σ p a) rounds differently where 1 / (1 - p) is large (confident wrong classes)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-11)
