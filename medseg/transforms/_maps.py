@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from ._backends import BACKENDS, DistanceBackend
+from ._cropped_edt import squared_distance_to, worth_cropping
 
 MODES = ("signed", "unsigned", "penalty", "rrw", "quantized", "unet_weight")
 OUTPUT_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -69,9 +70,20 @@ def spacing_tuple(spacing: Spacing, spatial_ndim: int) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _inverted_normalised(xp: Any, values: Any) -> Any:
-    """(max − d) / (max − min) of one region's distances: 1 on its voxels nearest the boundary, 0 on its farthest."""
-    far, near = values.max(), values.min()
+def _extrema(xp: Any, values: Any, where: Any | None) -> tuple[Any, Any]:
+    """Largest and smallest of ``values`` (where ``where`` is True, when given; it holds at least one True)."""
+    if where is None:
+        return values.max(), values.min()
+    if xp is np:  # no gathered copy
+        return values.max(where=where, initial=-np.inf), values.min(where=where, initial=np.inf)
+    chosen = values[where]
+    return chosen.max(), chosen.min()
+
+
+def _inverted_normalised(xp: Any, values: Any, where: Any | None = None) -> Any:
+    """(max − d) / (max − min) of one region's distances (``where``: its voxels among ``values``; None: all):
+    1 on its voxels nearest the boundary, 0 on its farthest."""
+    far, near = _extrema(xp, values, where)
     if far == near:  # every voxel of the region is in the layer next to the boundary
         return xp.ones_like(values)
     return (far - values) / (far - near)
@@ -109,17 +121,19 @@ def _fill_outside(xp: Any, settings: MapSettings, out: Any, to_class: Any | None
         out[...] = 1.0 if mode == "rrw" else 0.0
 
 
-def _inside_values(xp: Any, settings: MapSettings, distances: Any, finest: float) -> Any:
-    """The mode's values on a class's voxels from their inside distances :math:`d_{in}`."""
+def _inside_values(xp: Any, settings: MapSettings, distances: Any, finest: float, where: Any | None = None) -> Any:
+    """The mode's values on a class's voxels from their inside distances :math:`d_{in}`.
+
+    ``where``: which of ``distances`` are the class's voxels (the others get unspecified values); None: all."""
     mode = settings.mode
     if mode == "signed":
         return finest - distances
     if mode == "unsigned":
         return distances
     if mode == "penalty":
-        return _inverted_normalised(xp, distances)
+        return _inverted_normalised(xp, distances, where)
     if mode == "rrw":
-        return -distances / distances.max()
+        return -distances / _extrema(xp, distances, where)[0]
     width = settings.truncation / settings.bins  # quantized
     bins = xp.ceil(xp.minimum(distances, settings.truncation) / width - _BIN_EDGE_TOLERANCE)
     return xp.maximum(bins, 1.0)
@@ -138,53 +152,107 @@ def class_index(xp: Any, masks: Any) -> Any | None:
 
 
 def _region_maps(
-    masks: Any,
-    known: Any | None,
-    index: Any | None,
-    spacing: tuple[float, ...],
-    settings: MapSettings,
-    backend: DistanceBackend,
+    masks: Any, known: Any | None, spacing: tuple[float, ...], settings: MapSettings, backend: DistanceBackend
 ) -> Any:
-    """Maps of every class ``(C, *spatial)`` from boolean class masks and the voxels that take part (None: all).
-
-    With ``index`` (:func:`class_index`: exclusive classes, every voxel known) one multi-label pass gives every
-    class's inside distances, and one pass over the index every class's size and bounding box; the outside
-    distances take one transform per class (cropped to the class, :mod:`._cropped_edt`), none for ``rrw`` and
-    ``quantized``, and none when the map holds just two labels (each one's outside is the other's inside).
-    Otherwise each class takes one transform per side.
-    """
+    """Maps of every class ``(C, *spatial)`` from boolean class masks and the voxels that take part (None: all),
+    one transform per class and side: for overlapping classes or ignored voxels (else :func:`_label_maps`)."""
     xp = backend.xp
     num_classes = masks.shape[0]
     out = backend.empty(masks.shape)
-    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(masks.shape[1:], spacing, strict=True)))
+    diagonal = _diagonal(masks.shape[1:], spacing)
     finest = min(spacing)
-    whole = (slice(None),) * (masks.ndim - 1)
     voxels = int(masks[0].size if known is None else known.sum())
-    shared = None
-    if known is None and index is not None:
-        counts = xp.bincount(index.ravel(), minlength=num_classes + 2)
-        sizes = counts[1 : num_classes + 1].tolist()
-        two_labels = int((counts > 0).sum()) == 2
-        boxes = ndimage.find_objects(index, max_label=num_classes) if xp is np else [whole] * num_classes
-        shared = backend.label_distances(index, spacing)  # d_in of every class, on its own voxels
     for c in range(num_classes):
         inside = masks[c] if known is None else masks[c] & known
-        size = sizes[c] if shared is not None else int(inside.sum())
+        size = int(inside.sum())
         if size == 0 or size == voxels:
             out[c] = _no_boundary_value(settings, full=size > 0, diagonal=diagonal)
         else:
             outside = ~masks[c] if known is None else ~masks[c] & known
-            to_boundary = shared if shared is not None else backend.distance_to(outside, spacing)
-            to_class = None
-            if _needs_outside(settings):
-                to_class = shared if shared is not None and two_labels else backend.distance_to(inside, spacing)
+            to_boundary = backend.distance_to(outside, spacing)
+            to_class = backend.distance_to(inside, spacing) if _needs_outside(settings) else None
             _fill_outside(xp, settings, out[c], to_class, outside)
-            box = (boxes[c] or whole) if shared is not None else whole
-            region, voxels_in = out[c][box], inside[box]
-            region[voxels_in] = _inside_values(xp, settings, to_boundary[box][voxels_in], finest)
+            out[c][inside] = _inside_values(xp, settings, to_boundary[inside], finest)
         if known is not None:
             out[c][~known] = 0.0
     return out if settings.dtype == torch.float32 else out.astype(NUMPY_DTYPES[settings.dtype])
+
+
+def _diagonal(shape: Sequence[int], spacing: tuple[float, ...]) -> float:
+    """The patch diagonal :math:`\\sqrt{\\sum_a (n_a s_a)^2}`, which bounds every in-patch distance."""
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
+
+
+def _label_maps(
+    index: Any, num_classes: int, spacing: tuple[float, ...], settings: MapSettings, backend: DistanceBackend
+) -> Any:
+    """Maps of every class ``(C, *spatial)`` of an exclusive label map with every voxel known (:func:`class_index`).
+
+    One multi-label pass gives every class's inside distances, and one pass over the index every class's size and
+    bounding box. Each channel is written once, in place: the mode's outside values over the grid (a constant for
+    ``rrw`` and ``quantized``; for the others the outside distance, computed straight into the channel, cropped to
+    the class where that pays (:mod:`._cropped_edt`), and none at all when the map holds just two labels: each
+    one's outside is the other's inside), then the inside values over the class's voxels in its bounding box.
+    """
+    xp = backend.xp
+    shape = index.shape
+    out = backend.empty((num_classes, *shape))
+    finest = min(spacing)
+    whole = tuple(slice(0, n) for n in shape)
+    counts = xp.bincount(index.ravel(), minlength=num_classes + 2)
+    sizes = counts[1 : num_classes + 1].tolist()
+    two_labels = int((counts > 0).sum()) == 2
+    boxes = ndimage.find_objects(index, max_label=num_classes) if xp is np else [whole] * num_classes
+    shared = backend.label_distances(index, spacing)  # d_in of every class, on its own voxels
+    for c in range(num_classes):
+        channel = out[c]
+        if sizes[c] in (0, index.size):
+            channel[...] = _no_boundary_value(settings, full=sizes[c] > 0, diagonal=_diagonal(shape, spacing))
+            continue
+        box = boxes[c] or whole
+        if not _needs_outside(settings):
+            channel[...] = 1.0 if settings.mode == "rrw" else 0.0
+        elif two_labels:
+            channel[...] = shared  # the other label's inside distance
+        else:
+            _distance_to_class(backend, index, c, box, spacing, channel)
+        in_class = index[box] == c + 1
+        if settings.mode == "penalty":
+            _invert_outside(xp, channel, index, c, box)
+        xp.copyto(channel[box], _inside_values(xp, settings, shared[box], finest, in_class), where=in_class)
+    return out if settings.dtype == torch.float32 else out.astype(NUMPY_DTYPES[settings.dtype])
+
+
+def _distance_to_class(
+    backend: DistanceBackend, index: Any, c: int, box: tuple[slice, ...], spacing: tuple[float, ...], channel: Any
+) -> None:
+    """Write the distance from every voxel to the nearest voxel of class c (``index == c + 1``, bounding box
+    ``box``) into ``channel``; with ``edt`` and a small box, straight into it (no grid-sized temporary)."""
+    xp = backend.xp
+    target = xp.zeros(index.shape, dtype=bool)
+    target[box] = index[box] == c + 1
+    if backend.name == "edt" and worth_cropping(box, index.shape):
+        squared_distance_to(target, spacing, box, out=channel)
+        xp.sqrt(channel, out=channel)
+    else:
+        channel[...] = backend.distance_to(target, spacing)
+
+
+def _invert_outside(xp: Any, channel: Any, index: Any, c: int, box: tuple[slice, ...]) -> None:
+    """DPCE's outside values in place: :math:`(\\max d - d)/(\\max d - \\min d)` over the voxels outside class c.
+
+    ``channel`` holds the outside distances (0 on the class). The nearest outside voxels touch the class (a voxel
+    one step from a class voxel towards any outside voxel is outside and no farther), so the minimum is taken on
+    the box grown by one voxel; the maximum is the channel's.
+    """
+    grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, index.shape, strict=True))
+    far = channel.max()
+    near = channel[grown][index[grown] != c + 1].min()
+    if far == near:
+        channel[...] = 1.0
+    else:
+        xp.subtract(far, channel, out=channel)
+        xp.multiply(channel, 1.0 / (far - near), out=channel)
 
 
 def _unet_weight_map(
@@ -230,22 +298,33 @@ def _host(array: Any) -> np.ndarray:
 
 
 def item_maps(
-    masks: Any,
+    masks: Any | None,
     known: Any | None,
     spacing: tuple[float, ...],
     settings: MapSettings,
     backend: DistanceBackend,
     index: Any | None = None,
+    num_classes: int | None = None,
 ) -> Any:
     """The maps of one item: ``(C, *spatial)``, or ``(1, *spatial)`` for ``unet_weight``, in ``settings.dtype``.
 
-    ``index``: the masks' :func:`class_index` when the caller has it (from a label map); else computed here.
+    ``masks``: boolean class masks ``(C, *spatial)``; or None with ``index`` (a label map's :func:`class_index`,
+    every voxel known) and ``num_classes``. ``index`` without masks' is computed here when the classes allow.
     """
+    xp = backend.xp
+    if masks is None:
+        if index is None or num_classes is None or known is not None:
+            raise ValueError("item_maps needs class masks, or a class index of known voxels and num_classes")
+        if settings.mode != "unet_weight":
+            return _label_maps(index, num_classes, spacing, settings, backend)
+        masks = index[None] == xp.arange(1, num_classes + 1, dtype=index.dtype).reshape(-1, *[1] * index.ndim)
     if settings.mode == "unet_weight":
         return _unet_weight_map(masks, known, spacing, settings, backend)
-    if index is None and known is None:
-        index = class_index(backend.xp, masks)
-    return _region_maps(masks, known, index, spacing, settings, backend)
+    if known is None:
+        index = class_index(xp, masks) if index is None else index
+        if index is not None:
+            return _label_maps(index, masks.shape[0], spacing, settings, backend)
+    return _region_maps(masks, known, spacing, settings, backend)
 
 
 def check_binary(xp: Any, values: Any, what: str) -> None:
@@ -258,7 +337,8 @@ def masks_from_label(
     xp: Any, label: Any, num_classes: int | None, ignore_index: int | None
 ) -> tuple[Any, Any | None, Any | None]:
     """Boolean class masks ``(C, *spatial)``, known voxels (None: all) and, for a label map with every voxel known,
-    its :func:`class_index` (else None), from a channel-first label or one-hot."""
+    its :func:`class_index` instead of the masks (masks None; else index None), from a channel-first label or
+    one-hot."""
     if label.ndim not in (3, 4):
         raise ValueError(f"label must be channel-first (C, H, W) or (C, H, W, D), got shape {tuple(label.shape)}")
     channels = label.shape[0]
@@ -280,10 +360,8 @@ def masks_from_label(
         if num_classes == 1:
             masks = (labels == 1)[None]
             index = xp.where(masks[0], 1, 2).astype(np.uint8)
-        elif known is None or known.all():  # compare small integers: 1 + class, as class_index
-            dtype = np.uint8 if num_classes < 255 else np.uint32
-            index = labels.astype(dtype) + 1
-            masks = index[None] == xp.arange(1, num_classes + 1, dtype=dtype).reshape(-1, *[1] * labels.ndim)
+        elif known is None or known.all():  # 1 + class, as class_index; no masks needed
+            masks, index = None, labels.astype(np.uint8 if num_classes < 255 else np.uint32) + 1
         else:
             masks = labels[None] == xp.arange(num_classes).reshape(-1, *[1] * labels.ndim)
             index = None
@@ -300,4 +378,6 @@ def masks_from_label(
             known = masks.any(0)  # otherwise voxels with no class set are ignored
         index = None
     known = None if known is None or known.all() else known
-    return masks, known, None if known is not None else index
+    if known is not None:
+        return masks, known, None
+    return (None if index is not None else masks), None, index

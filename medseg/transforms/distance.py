@@ -113,7 +113,8 @@ class DistanceMap(Transform):
         backend = get_backend(self.settings.backend, values.device)
         masks, known, index = masks_from_label(backend.xp, backend.asarray(values), self.num_classes, self.ignore_index)
         spacing = self.spacing_of(label)
-        maps = backend.to_tensor(item_maps(masks, known, spacing, self.settings, backend, index), values.device)
+        maps = item_maps(masks, known, spacing, self.settings, backend, index, self.num_classes)
+        maps = backend.to_tensor(maps, values.device)
         out = convert_to_dst_type(maps, label, dtype=self.settings.dtype)[0]
         if isinstance(label, torch.Tensor) and not isinstance(out, MetaTensor) and get_track_meta():
             out = MetaTensor(out)
