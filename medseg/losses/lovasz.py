@@ -40,6 +40,7 @@ def lovasz_jaccard_weights(sorted_foreground: torch.Tensor) -> torch.Tensor:
     return torch.diff(jaccard, dim=-1, prepend=torch.zeros_like(jaccard[..., :1]))
 
 
+_PRUNE_BELOW = 0.4  # a row sorts only its weighted voxels when they are fewer than this share of it
 _BLOCK_VOXELS = 2**18  # rows are processed in blocks of about this many voxels, so temporaries stay small
 _LOW = 2**31 - 1  # float32 error e sorts descending as the int32 key _LOW - bits(e)
 
@@ -115,13 +116,27 @@ def _errors_of_keys(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.rsub(keys, _LOW).view(torch.float32) if dtype == torch.float32 else keys.neg()
 
 
-def _sort_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row of ``keys`` in ascending order, and the order; ties keep their voxel order. One 1-D sort per row
-    (torch's radix sort is 1-D only)."""
-    sorted_keys = torch.empty_like(keys)
-    order = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
-    for r in range(keys.shape[0]):
-        torch.sort(keys[r], stable=True, out=(sorted_keys[r], order[r]))
+def _sort_rows(keys: torch.Tensor, weighted: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head of each row of ``keys`` in ascending order, and the order; ties keep their voxel order.
+
+    One 1-D sort per row (torch's radix sort is 1-D only). A row whose ``weighted`` voxels (``counts``) are fewer
+    than ``_PRUNE_BELOW`` of it sorts only those (gathered by a ``nonzero``: worth it only for a small share); its
+    tail past them holds the key of error 0 and voxel 0 (weight 0: the backward adds, so a repeated voxel is harmless).
+    """
+    rows, length = keys.shape
+    prune = [count < _PRUNE_BELOW * length for count in counts]
+    width = max(counts, default=0) if all(prune) else length
+    sorted_keys = keys.new_empty((rows, width))
+    order = torch.empty((rows, width), dtype=torch.int64, device=keys.device)
+    for r, count in enumerate(counts):
+        if not prune[r]:
+            torch.sort(keys[r], stable=True, out=(sorted_keys[r], order[r]))
+            continue
+        index = weighted[r].nonzero().squeeze(1)
+        torch.sort(keys[r].index_select(0, index), stable=True, out=(sorted_keys[r, :count], order[r, :count]))
+        order[r, :count] = index.index_select(0, order[r, :count])
+        sorted_keys[r, count:] = 0.0 if keys.is_floating_point() else _LOW  # the key of error 0
+        order[r, count:] = 0
     return sorted_keys, order
 
 
@@ -140,15 +155,14 @@ def _row_weights(foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor
     return other.mul_(1.0 - foreground).addcmul_(union.reciprocal_(), foreground)
 
 
-def _weighted_counts(sorted_keys: torch.Tensor, smallest: torch.Tensor, totals: torch.Tensor) -> list[int]:
-    """Voxels with a weight, per row: those with a positive error at least the smallest foreground error (the
-    others come after every foreground voxel, where the Jaccard loss no longer changes, or have error 0); without
-    foreground the first voxel (the largest error) if positive. A binary search in each sorted row."""
-    tiny = torch.finfo(smallest.dtype).smallest_normal * torch.finfo(smallest.dtype).eps
-    threshold = _sort_keys(smallest.clamp_min(tiny))  # the smallest positive (subnormal) value: error 0 weighs nothing
-    counts = torch.searchsorted(sorted_keys, threshold.unsqueeze(1), right=True).squeeze(1)
-    first_positive = sorted_keys[:, 0] < _sort_keys(torch.zeros_like(smallest[:1]))
-    return torch.where(totals == 0, first_positive.long(), counts).tolist()
+def _weighted_voxels(errors: torch.Tensor, foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """The voxels with a weight, ``(rows, L)`` bool: those with a positive error at least the smallest foreground
+    error (the others come after every foreground voxel in the order, where the Jaccard loss no longer changes, or
+    have error 0); without foreground those with the largest error, if positive (the first of them weighs 1)."""
+    smallest = torch.where(foreground, errors, torch.inf).amin(1)
+    threshold = torch.where(totals > 0, smallest, errors.amax(1))
+    tiny = torch.finfo(errors.dtype).smallest_normal * torch.finfo(errors.dtype).eps  # the smallest positive value
+    return errors >= threshold.clamp_min_(tiny).unsqueeze(1)
 
 
 def _block_terms(
@@ -157,13 +171,15 @@ def _block_terms(
     """A block's per-row losses (float64), foreground counts, and for the backward the order of its weighted head
     ``(rows, M)`` with the weights, negated on foreground voxels (where the error falls as the value rises).
 
-    Each row is sorted whole; the weights J_k - J_{k-1} come in closed form (:func:`_row_weights`), zero past the
-    row's weighted voxels (:func:`_weighted_counts`). Counts and weights are float32 where that is exact.
+    Each row is sorted whole, or only its weighted voxels when they are few (:func:`_sort_rows`); the weights
+    J_k - J_{k-1} come in closed form (:func:`_row_weights`), zero past the row's weighted voxels
+    (:func:`_weighted_voxels`). Counts and weights are float32 where that is exact.
     """
     rows, length = errors.shape
-    totals, smallest = foreground.sum(1), torch.where(foreground, errors, torch.inf).amin(1)
-    sorted_keys, order = _sort_rows(_sort_keys(errors))
-    counts = _weighted_counts(sorted_keys, smallest, totals)
+    totals = foreground.sum(1)
+    weighted = _weighted_voxels(errors, foreground, totals)
+    counts = torch.where(totals > 0, weighted.sum(1), weighted.any(1).long()).tolist()
+    sorted_keys, order = _sort_rows(_sort_keys(errors), weighted, counts)
     head = max(counts, default=0)
     sorted_errors, order = _errors_of_keys(sorted_keys[:, :head], errors.dtype), order[:, :head]
     exact = torch.float32 if length < 2**24 and errors.dtype != torch.float64 else torch.float64  # |F| + b_k <= length
@@ -218,10 +234,10 @@ class _LovaszRows(torch.autograd.Function):
         for (b0, b1, c0, c1), order, weight in zip(ctx.blocks, saved[::2], saved[1::2], strict=True):
             row_grad = weight * (grad[b0:b1, c0:c1] if ctx.per_image else grad[0, c0:c1]).reshape(-1, 1)
             if ctx.per_image:  # the block's rows are contiguous in (B, C, N)
-                grad_values[b0:b1, c0:c1].zero_().view(order.shape[0], -1).scatter_(1, order, row_grad)
+                grad_values[b0:b1, c0:c1].zero_().view(order.shape[0], -1).scatter_add_(1, order, row_grad)
             else:  # rows (c, b N + n) go back to (b, c, n) block by block, in a block-sized buffer
                 rows = grad.new_zeros((c1 - c0, batch, size))
-                rows.view(order.shape[0], -1).scatter_(1, order, row_grad)
+                rows.view(order.shape[0], -1).scatter_add_(1, order, row_grad)
                 grad_values[:, c0:c1] = rows.transpose(0, 1)
         return grad_values, None, None, None, None, None, None
 

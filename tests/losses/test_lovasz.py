@@ -228,11 +228,14 @@ def dense_lovasz_hinge(logits, labels, per_image, ignore_index=None):
     return torch.stack(terms).mean()
 
 
+@pytest.mark.parametrize("prune", [0.0, 2.0])
 @pytest.mark.parametrize("block", [1, 40, 10**9])
 @pytest.mark.parametrize("per_image", [False, True])
-def test_blocks_of_rows_match_the_dense_reference(block, per_image, monkeypatch):
-    # a block holds one row (or part of an image's classes), several rows or images, or everything
+def test_blocks_of_rows_match_the_dense_reference(block, per_image, prune, monkeypatch):
+    # a block holds one row (or part of an image's classes), several rows or images, or everything; rows sorted
+    # whole (prune 0) or only their weighted voxels (prune 2)
     monkeypatch.setattr(lovasz, "_BLOCK_VOXELS", block)
+    monkeypatch.setattr(lovasz, "_PRUNE_BELOW", prune)
     g = torch.Generator().manual_seed(21)
     logits = torch.randn(3, 4, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 4, (3, 1, 5, 4), generator=g)
