@@ -50,7 +50,7 @@ def _pairs(labels: torch.Tensor, probs: torch.Tensor, radius: int) -> torch.Tens
     joint = torch.stack([labels, probs], 2)  # (B, C, 2, *spatial)
     joint = joint - joint.mean(list(range(3, joint.ndim)), keepdim=True)
     pairs = neighbourhood_vectors(joint.flatten(1, 2), radius)  # (B, C 2, D, M)
-    return pairs.view(*probs.shape[:2], -1, pairs.shape[-1])
+    return pairs.reshape(*probs.shape[:2], -1, pairs.shape[-1])
 
 
 class _JointCovariance(torch.autograd.Function):

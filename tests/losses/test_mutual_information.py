@@ -216,6 +216,7 @@ def dense_reference(logits, target, radius=3, pool="avg", pool_size=4, bce_weigh
 
 
 FAST_PATH_CASES = {
+    "1d-ignore": ((2, 3, 41), {"ignore_index": 255}),
     "2d-labels": ((2, 3, 19, 18), {}),
     "2d-ignore": ((2, 3, 19, 18), {"ignore_index": 255}),
     "2d-no-background-ignore": ((2, 3, 19, 18), {"include_background": False, "ignore_index": 255}),
