@@ -73,7 +73,7 @@ def _item_squared(
             out[c] = 0.0
         elif worth_cropping(boxes[c], labels.shape):
             region = labels == c + 1
-            out[c] = squared_distance_to(region, spacing, boxes[c])
+            squared_distance_to(region, spacing, boxes[c], out=out[c])
             if inside is None:
                 inside = backend.label_distances_squared(labels, spacing)
             box = boxes[c]
