@@ -159,8 +159,10 @@ def _weighted_voxels(errors: torch.Tensor, foreground: torch.Tensor, totals: tor
     """The voxels with a weight, ``(rows, L)`` bool: those with a positive error at least the smallest foreground
     error (the others come after every foreground voxel in the order, where the Jaccard loss no longer changes, or
     have error 0); without foreground those with the largest error, if positive (the first of them weighs 1)."""
-    smallest = torch.where(foreground, errors, torch.inf).amin(1)
-    threshold = torch.where(totals > 0, smallest, errors.amax(1))
+    threshold = torch.where(foreground, errors, torch.inf).amin(1)
+    empty = totals == 0
+    if bool(empty.any()):
+        threshold = torch.where(empty, errors.amax(1), threshold)
     tiny = torch.finfo(errors.dtype).smallest_normal * torch.finfo(errors.dtype).eps  # the smallest positive value
     return errors >= threshold.clamp_min_(tiny).unsqueeze(1)
 
@@ -178,7 +180,8 @@ def _block_terms(
     rows, length = errors.shape
     totals = foreground.sum(1)
     weighted = _weighted_voxels(errors, foreground, totals)
-    counts = torch.where(totals > 0, weighted.sum(1), weighted.any(1).long()).tolist()
+    counts = weighted.sum(1)
+    counts = torch.where(totals > 0, counts, counts.clamp_max(1)).tolist()
     sorted_keys, order = _sort_rows(_sort_keys(errors), weighted, counts)
     head = max(counts, default=0)
     sorted_errors, order = _errors_of_keys(sorted_keys[:, :head], errors.dtype), order[:, :head]
@@ -305,6 +308,7 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     the loss (as in kornia); ``softmax=False`` takes probabilities, as the authors' reference does (values
     outside [0, 1] raise a ValueError).
     Unlike the reference, the errors are not cast to float32: float64 input stays float64 (gradcheck holds).
+    Equal errors keep their voxel order (a stable sort), so the gradient at ties is deterministic.
 
     Empty classes: with ``"present"`` a class absent from the target (of the image, with ``per_image``) is not
     scored. With ``"all"`` it is: its Jaccard loss is 0 or 1 (a step), whose Lovász extension is the largest
