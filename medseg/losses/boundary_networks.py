@@ -386,6 +386,9 @@ def _window_extreme(x: torch.Tensor, width: int, extreme: Callable, fill: int) -
     return x
 
 
+_PAIR_BLOCK = 1 << 13
+
+
 class _FlatWindow:
     r"""The ``(2r + 1)``-wide window of a ``(B, *S)`` grid as shifts of one flat axis.
 
@@ -407,11 +410,15 @@ class _FlatWindow:
         self.start = radius * sum(strides)
 
     def pair_slices(self, length: int) -> Iterator[tuple[slice, slice]]:
-        """Per offset ``delta > 0``, the positions of the pairs' two ends: ``p`` and ``p + delta``, for every pair
-        with an end in ``[start, length - start)``."""
+        """The pairs ``(p, p + delta)`` (``delta > 0``) with an end in ``[start, length - start)``, as the slices of
+        their two ends: block by block of ``_PAIR_BLOCK`` first ends, every offset within a block (the block's
+        rows stay in cache)."""
         stop = length - self.start
-        for delta in self.deltas:
-            yield slice(self.start - delta, stop), slice(self.start, stop + delta)
+        for first in range(0, stop, _PAIR_BLOCK):
+            for delta in self.deltas:
+                low, high = max(first, self.start - delta), min(first + _PAIR_BLOCK, stop)
+                if low < high:
+                    yield slice(low, high), slice(low + delta, high + delta)
 
     def flatten(self, x: torch.Tensor, value: float = 0) -> torch.Tensor:
         """``(B, Ch, *S)`` -> padded ``(Ch, P)``."""
@@ -436,7 +443,8 @@ class _WindowSums(torch.autograd.Function):
       gradient to :math:`f`) and the two counts, in one pass per offset.
 
     Each unordered pair is visited once and feeds both ends (:math:`u_i \cdot u_j` and :math:`s_{ij}` are
-    symmetric). Per offset only the cosines and :math:`s` (one value per position) are kept for the backward pass:
+    symmetric). Per offset only the cosines and :math:`s` (one value and one bool per position) are kept for the
+    backward pass:
     :math:`\partial/\partial u_i = \sum_j 2 (u_i \cdot u_j - s_{ij})(g_i \kappa_j + g_j \kappa_i)\, u_j` and
     :math:`\partial/\partial z_j = \sum_i s_{ij} G_i`.
     """
@@ -457,7 +465,8 @@ class _WindowSums(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:2])
         ctx.pairs = []
         for head, tail in window.pair_slices(correct.shape[0]):
-            same = (labels[head] == labels[tail]).to(dtype)
+            is_same = labels[head] == labels[tail]
+            same = is_same.to(dtype)
             cosine = (unit[:, head] * unit[:, tail]).sum(0)
             sums[:, head].addcmul_(stacked[:, tail], same)
             sums[:, tail].addcmul_(stacked[:, head], same)
@@ -467,7 +476,7 @@ class _WindowSums(torch.autograd.Function):
             pairs[1, head] += correct[tail]
             pairs[1, tail] += correct[head]
             if keep:
-                ctx.pairs.append((head, tail, same, cosine))
+                ctx.pairs.append((head, tail, is_same, cosine))
         ctx.save_for_backward(unit, correct)
         ctx.num_classes = logits.shape[0]
         return pairs, sums.to(logits.dtype)
@@ -477,7 +486,8 @@ class _WindowSums(torch.autograd.Function):
         unit, correct = ctx.saved_tensors
         grad_error, grad_class = grad_pairs[0], grad_sums[: ctx.num_classes]
         grad_unit, grad_logits = torch.zeros_like(unit), torch.zeros_like(grad_class)
-        for head, tail, same, cosine in ctx.pairs:
+        for head, tail, is_same, cosine in ctx.pairs:
+            same = is_same.to(cosine.dtype)
             weight = (cosine - same).mul_(2) * (grad_error[head] * correct[tail] + grad_error[tail] * correct[head])
             grad_unit[:, head].addcmul_(unit[:, tail], weight)
             grad_unit[:, tail].addcmul_(unit[:, head], weight)

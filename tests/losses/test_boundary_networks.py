@@ -445,6 +445,127 @@ def test_conditional_boundary_matches_a_loop_recomputation(spatial, kernel_size,
     assert loss(logits, labels, features=features).item() == pytest.approx(expected, rel=1e-10)
 
 
+def dense_conditional_boundary(logits, labels, features, kernel_size=5, ratio=0.02, include_background=True):
+    """The conditional boundary loss as shifted full-grid tensors under autograd (the formula before the window
+    sums became one Function): anchors by a C-channel max-pool, every offset of the window one after the other.
+    ``labels`` ``(B, *S)`` with -1 where unknown; logits and features on the same grid; mean over classes."""
+    known = labels >= 0
+    num_classes, spatial = logits.shape[1], labels.shape[1:]
+    pool = torch.nn.functional.max_pool2d if len(spatial) == 2 else torch.nn.functional.max_pool3d
+    width = max(1, round(ratio * math.sqrt(sum(n * n for n in spatial))))
+    onehot = torch.nn.functional.one_hot(labels.clamp_min(0), num_classes).movedim(-1, 1) & known.unsqueeze(1)
+    near_other = pool((known.unsqueeze(1) & ~onehot).double(), 2 * width + 1, 1, width) > 0
+    anchors = (onehot & near_other).any(1) & ((labels != 0) | include_background)
+    correct = (logits.detach().argmax(1) == labels) & known
+    radius = kernel_size // 2
+    pad = [radius] * (2 * len(spatial))
+    unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    padded = [torch.nn.functional.pad(x, pad) for x in (features, unit, logits)]
+    padded_labels = torch.nn.functional.pad(labels, pad, value=-1)
+    padded_correct = torch.nn.functional.pad(correct, pad, value=False)
+    correct_sum, class_sum = torch.zeros_like(features), torch.zeros_like(logits)
+    correct_count, same_count, pair_error, pair_count = (torch.zeros_like(features[:, 0]) for _ in range(4))
+    for offset in itertools.product(range(-radius, radius + 1), repeat=len(spatial)):
+        if not any(offset):
+            continue
+        window = (slice(None), *(slice(radius + o, radius + o + n) for o, n in zip(offset, spatial, strict=True)))
+        channels = (slice(None), *window)
+        same, neighbour_correct = padded_labels[window] == labels, padded_correct[window]
+        same_correct = (same & neighbour_correct).unsqueeze(1).double()
+        correct_sum = correct_sum + padded[0][channels] * same_correct
+        correct_count = correct_count + same_correct[:, 0]
+        class_sum = class_sum + padded[2][channels] * same.unsqueeze(1)
+        same_count = same_count + same
+        cosine = (unit * padded[1][channels]).sum(1)
+        pair_error = pair_error + neighbour_correct * (cosine - same.double()) ** 2
+        pair_count = pair_count + neighbour_correct
+    centre = (correct_sum / correct_count.clamp_min(1).unsqueeze(1)).detach()
+    distance = ((features - centre) ** 2).mean(1)
+    class_term = torch.nn.functional.cross_entropy(
+        class_sum / same_count.clamp_min(1).unsqueeze(1), labels.clamp_min(0), reduction="none"
+    )
+    total, classes = 0.0, 0
+    for c in range(num_classes):
+        mine = anchors & (labels == c)
+        if not mine.any():
+            continue
+        classes += 1
+        for value, weight, scale in (
+            (pair_error / pair_count.clamp_min(1), pair_count, 1.0),
+            (class_term, (same_count > 0).double(), 0.2),
+            (distance, (correct_count > 0).double(), 2.0),
+        ):
+            w = mine * weight
+            total = total + scale * torch.where(w > 0, value * w, 0.0).sum() / w.sum().clamp_min(1e-12)
+    return total / max(classes, 1)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "kernel_size", "include_background"),
+    [((12, 11), 5, True), ((12, 11), 3, False), ((7, 6, 8), 5, True), ((7, 6, 8), 3, False)],
+)
+def test_conditional_boundary_value_and_gradients_equal_the_dense_formula(spatial, kernel_size, include_background):
+    import medseg.losses.boundary_networks as module
+
+    generator = torch.Generator().manual_seed(12)
+    coarse = torch.randint(0, 3, (2, 1, *(max(2, n // 3) for n in spatial)), generator=generator)
+    labels = torch.nn.functional.interpolate(coarse.double(), size=spatial, mode="nearest").long()
+    labels[1] = 0  # an image without foreground: only its background voxels' pairs
+    labels[0, 0, :2] = 255  # ignored
+    logits = torch.randn(2, 3, *spatial, generator=generator, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 4, *spatial, generator=generator, dtype=torch.float64, requires_grad=True)
+    loss = ConditionalBoundaryLoss(kernel_size, include_background=include_background, ignore_index=255)
+    for block in (101, module._PAIR_BLOCK):  # blocks of pairs: many (the last one partial) or one
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "_PAIR_BLOCK", block)
+            value = loss(logits, labels, features=features)
+        grads = torch.autograd.grad(value, (logits, features))
+        dense = dense_conditional_boundary(
+            logits, torch.where(labels == 255, -1, labels)[:, 0], features, kernel_size, 0.02, include_background
+        )
+        expected = torch.autograd.grad(dense, (logits, features))
+        assert value.item() == pytest.approx(dense.item(), rel=1e-12)
+        for grad, reference in zip(grads, expected, strict=True):
+            torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-14)
+    # no anchor at all (a single class): 0, and no gradient
+    empty = loss(logits, torch.zeros_like(labels), features=features)
+    assert empty.item() == 0.0
+    assert all(g.abs().max() == 0 for g in torch.autograd.grad(empty, (logits, features), allow_unused=False))
+
+
+def test_conditional_boundary_window_sums_pass_gradcheck():
+    from medseg.losses.boundary_networks import _FlatWindow, _WindowSums
+
+    generator = torch.Generator().manual_seed(13)
+    window = _FlatWindow((3, 4), 1)
+    flat = window.padded[0] * window.padded[1] * 2
+    unit = torch.randn(3, flat, generator=generator, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, flat, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(-1, 2, (flat,), generator=generator)
+    correct = (torch.rand(flat, generator=generator) > 0.4).double()
+    features = torch.randn(3, flat, generator=generator, dtype=torch.float64)
+
+    def sums(u, z):
+        return _WindowSums.apply(u, z, labels, correct, features, window)
+
+    assert torch.autograd.gradcheck(sums, (unit, logits))
+
+
+def test_conditional_boundary_keeps_no_feature_wide_tensor_per_offset():
+    # a 5×5×5 window has 124 offsets: the dense formula keeps F- and C-wide products of each for the backward
+    # pass (64 feature maps' worth here); the window sums keep one cosine and one bool per pair offset
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bench_losses import peak_extra_bytes
+
+    generator = torch.Generator().manual_seed(14)
+    coarse = torch.randint(0, 3, (1, 1, 6, 6, 6), generator=generator)
+    labels = torch.nn.functional.interpolate(coarse.double(), size=(24, 24, 24)).long()
+    logits = torch.randn(1, 3, 24, 24, 24, generator=generator, requires_grad=True)
+    features = torch.randn(1, 8, 24, 24, 24, generator=generator, requires_grad=True)
+    peak = peak_extra_bytes(ConditionalBoundaryLoss(), logits, labels, {"features": features})
+    assert peak < 40 * features.numel() * features.element_size()
+
+
 def test_conditional_boundary_on_a_coarser_feature_grid():
     generator = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 3, (1, 1, 8, 6), generator=generator)
