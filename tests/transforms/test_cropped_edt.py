@@ -9,6 +9,7 @@ from scipy import ndimage
 from medseg.transforms import _backends as backends
 from medseg.transforms._cropped_edt import (
     _restore_axis,
+    _tied_rows,
     bounding_box,
     estimated_work,
     squared_distance_to,
@@ -69,6 +70,16 @@ def test_restore_axis_writes_the_lines_back_in_c_order(axis):
     assert _restore_axis(lines, grid.shape, axis, out) is out
     np.testing.assert_array_equal(out, grid)
     np.testing.assert_array_equal(_restore_axis(lines, grid.shape, axis), grid)
+
+
+def test_tied_rows_bound_the_search_and_ignore_lines_without_a_source():
+    inf = np.inf
+    candidates = np.array([[5, 9, inf], [2, 9, inf], [3, 4, inf], [7, 4, inf], [8, 6, inf]], np.float32)
+    best = candidates.min(0)
+    tie = np.empty(3, bool)
+    assert _tied_rows(candidates, best, best < inf, tie) == (1, 3)  # column 2 (no source) ties everywhere
+    assert _tied_rows(candidates, best, None, tie) == (0, 4)
+    assert _tied_rows(candidates[:, 2:], best[2:], best[2:] < inf, tie[:1]) == (0, 4)  # nothing bounds: all rows
 
 
 def test_bounding_box_of_sets_and_of_nothing():
