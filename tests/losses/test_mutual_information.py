@@ -314,12 +314,10 @@ def test_pooled_label_counts_equal_pooling_the_one_hot_target(spatial, size, mod
 
 def test_neighbourhood_vectors_run_in_c_order():
     x = torch.arange(2 * 4 * 5, dtype=torch.float64).view(1, 2, 4, 5)
-    vectors = neighbourhood_vectors(x, 2)  # (1, 2, 4, 3 * 4)
-    for channel, (i, j), (a, b) in itertools.product(range(2), itertools.product(range(3), range(4)), OFFSETS_2D):
+    vectors = neighbourhood_vectors(x, 2)  # (1, 2, 4 offsets, 3 * 4 positions)
+    positions, offsets = itertools.product(range(3), range(4)), list(itertools.product(range(2), range(2)))
+    for channel, (i, j), (a, b) in itertools.product(range(2), positions, offsets):
         assert vectors[0, channel, 2 * a + b, 4 * i + j] == x[0, channel, i + a, j + b]
-
-
-OFFSETS_2D = list(itertools.product(range(2), range(2)))
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 96, 96), (1, 4, 32, 32, 32)], ids=["2d", "3d"])
