@@ -41,6 +41,8 @@ from medseg.losses import get_loss, list_losses, loss_info
 WORKLOADS = {"2d": (8, 9, 224, 224), "3d": (2, 14, 96, 96, 96)}
 # the losses that need only logits, labels and a map (not a network's features, a checkpoint or C·K channels)
 NEEDS_MORE = {"conditional_boundary", "inverse_form", "boundary_aware"}
+#: those of them that :func:`own_inputs` gives what they need (inverse_form needs a trained checkpoint)
+OWN_INPUTS = {"conditional_boundary", "boundary_aware"}
 #: extra rows: a registered loss under other arguments (row label -> (loss name, keyword arguments))
 VARIANTS: dict[str, tuple[str, dict]] = {"focal[sigmoid]": ("focal", {})}
 
@@ -182,6 +184,38 @@ def peak_extra_bytes(fn: Callable, logits: torch.Tensor, labels: torch.Tensor, a
     return peak
 
 
+def own_inputs(
+    name: str, loss: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The input and aux maps a row times: the workload's logits and a random map per aux key, except for
+
+    - ``conditional_boundary``: decoder features of the bundles' networks, random: in 2D TransUNet's (16 channels
+      at full resolution, synapse_transunet), in 3D MONAI UNet's top level (channels (16, ...), strides 2:
+      32 channels at half resolution, synapse_unet3d);
+    - ``boundary_aware``: ``C·K`` random bin logits (K = 5) and the quantized distance map of the labels (made once,
+      as the data pipeline caches it).
+
+    The cross-entropy floor stays the workload's ``C``-channel logits: a ``boundary_aware`` row runs on K times as
+    many logits.
+    """
+    batch, num_classes, *spatial = logits.shape
+    generator = torch.Generator().manual_seed(1)
+    if name == "conditional_boundary":
+        shape = (batch, 16, *spatial) if len(spatial) == 2 else (batch, 32, *(n // 2 for n in spatial))
+        features = torch.randn(shape, generator=generator).to(logits.device).requires_grad_(True)
+        # the decoder's gradient is computed as in training, then dropped (no accumulation from step to step)
+        features.register_post_accumulate_grad_hook(lambda leaf: setattr(leaf, "grad", None))
+        return logits, {"features": features}
+    if name == "boundary_aware":
+        from medseg.transforms import distance_maps
+
+        bins = torch.randn(batch, num_classes * loss.num_bins, *spatial, generator=generator).to(logits.device)
+        onehot = torch.nn.functional.one_hot(labels[:, 0], num_classes).movedim(-1, 1).float()
+        dist = distance_maps(onehot, "quantized", truncation=loss.truncation, bins=loss.num_bins)
+        return bins.requires_grad_(True), {"dist": dist}
+    return logits, {key: torch.rand(logits.shape, device=logits.device) for key in loss.aux_keys}
+
+
 def bench_workload(shape, names, repeats: int, device: str, memory: bool = True) -> pd.DataFrame:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(*shape, generator=g).to(device).requires_grad_(True)
@@ -196,7 +230,7 @@ def bench_workload(shape, names, repeats: int, device: str, memory: bool = True)
     rows = []
     for name in tqdm(names, desc=f"{'x'.join(map(str, shape))}", leave=False):
         ours = build_loss(name, shape[1]).to(device)
-        aux = {key: torch.rand(shape, device=device) for key in ours.aux_keys}
+        loss_input, aux = own_inputs(name, ours, logits, labels)
         other = equivalents[name](shape[1]) if name in equivalents else None
         times: dict[str, list[float]] = {"ce": [], "ours": [], "ref": []}
         if other is not None:
@@ -205,7 +239,7 @@ def bench_workload(shape, names, repeats: int, device: str, memory: bool = True)
             except (RuntimeError, ValueError):
                 other = None
         for i in range(repeats + 1):  # the first round warms up and is dropped
-            t = {"ce": time_step(ce_floor, logits, labels, {}), "ours": time_step(ours, logits, labels, aux)}
+            t = {"ce": time_step(ce_floor, logits, labels, {}), "ours": time_step(ours, loss_input, labels, aux)}
             if other is not None:
                 t["ref"] = time_step(other, logits, labels, {})
             if i:
@@ -222,7 +256,7 @@ def bench_workload(shape, names, repeats: int, device: str, memory: bool = True)
             "x_ref": med["ours"] / med["ref"] if "ref" in med else float("nan"),
         }
         if memory:
-            peak = peak_extra_bytes(ours, logits, labels, aux)
+            peak = peak_extra_bytes(ours, loss_input, labels, aux)
             row |= {"peak_mb": peak / 2**20, "ce_peak_mb": ce_peak / 2**20, "x_ce_peak": peak / max(ce_peak, 1)}
         rows.append(row)
     return pd.DataFrame(rows).set_index("loss")
@@ -284,7 +318,7 @@ def main() -> int:
         print(f"\n{int(table['slower'].sum())} row(s) more than {args.tolerance:.0%} slower (x_ce)")
         return 1 if slower else 0
     torch.set_num_threads(args.threads)
-    names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE] + list(VARIANTS)
+    names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE - OWN_INPUTS] + list(VARIANTS)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(torch.device(args.device))

@@ -641,3 +641,30 @@ def test_hooked_loss_in_an_engine_reads_features_from_the_hook():
     hook.remove()
     with pytest.raises(ValueError, match="no known feature layer"):
         FeatureHook(torch.nn.Conv2d(1, 3, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark's inputs for these losses (scripts/bench_losses.py)
+
+
+def test_benchmark_gives_features_and_bins_of_the_bundles_networks(monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import bench_losses
+
+    labels = bench_losses.blobby_labels((2, 3, 32, 32), torch.Generator().manual_seed(0))
+    logits = torch.randn(2, 3, 32, 32, requires_grad=True)
+    _, aux = bench_losses.own_inputs("conditional_boundary", ConditionalBoundaryLoss(), logits, labels)
+    assert aux["features"].shape == (2, 16, 32, 32) and aux["features"].requires_grad  # TransUNet, 2D
+    labels_3d = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    _, aux = bench_losses.own_inputs(
+        "conditional_boundary", ConditionalBoundaryLoss(), torch.zeros(1, 3, 8, 8, 8), labels_3d
+    )
+    assert aux["features"].shape == (1, 32, 4, 4, 4)  # MONAI UNet's top level, 3D
+    bins, aux = bench_losses.own_inputs("boundary_aware", BoundaryAwareLoss(), logits, labels)
+    assert bins.shape == (2, 15, 32, 32) and bins.requires_grad
+    expected = distance_maps(one_hot(labels, 3).float(), "quantized", bins=5, truncation=5.0)
+    assert torch.equal(aux["dist"], expected)
+    # both get rows, as the other losses do
+    monkeypatch.setitem(bench_losses.WORKLOADS, "2d", (2, 3, 24, 24))
+    table = bench_losses.bench_workload((2, 3, 24, 24), ["conditional_boundary", "boundary_aware"], 1, "cpu", False)
+    assert (table["x_ce"] > 0).all() and list(table.index) == ["conditional_boundary", "boundary_aware"]
