@@ -674,14 +674,16 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         class_centre = class_logit_sum / same_count.clamp_min(1).unsqueeze(1)
         class_term = F.cross_entropy(class_centre, labels.clamp_min(0), reduction="none")
 
-        kept = torch.tensor(prep.classes, device=input.device).view(1, -1, *([1] * len(spatial)))
-        anchor_class = (labels.unsqueeze(1) == kept) & anchors.unsqueeze(1)  # (B, C', *S)
-        sum_dims = [0, *range(2, anchor_class.ndim)]
+        # per-class sums over the anchors: one index_add over the voxels (non-anchors go to an extra bin C)
+        anchor_class = torch.where(anchors, labels, num_classes).flatten()
+        kept = torch.tensor(prep.classes, device=input.device)
+
+        def class_sum(values: torch.Tensor) -> torch.Tensor:
+            bins = values.new_zeros(num_classes + 1).index_add_(0, anchor_class, values.flatten())
+            return bins[kept]
 
         def class_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-            weights = anchor_class * weights.unsqueeze(1)
-            total = torch.where(weights > 0, values.unsqueeze(1) * weights, 0.0).sum(sum_dims)
-            return total / weights.sum(sum_dims).clamp_min(1e-12)
+            return class_sum(torch.where(weights > 0, values * weights, 0.0)) / class_sum(weights).clamp_min(1e-12)
 
         per_class = (
             self.pair_weight * class_mean(pair_error / pair_count.clamp_min(1), pair_count)
@@ -692,5 +694,5 @@ class ConditionalBoundaryLoss(SegmentationLoss):
             return per_class
         if self.reduction == "sum":
             return per_class.sum()
-        has_anchor = anchor_class.flatten(2).any(2).any(0)
+        has_anchor = class_sum(torch.ones_like(pair_count)) > 0
         return per_class.sum() / has_anchor.sum().clamp_min(1)
