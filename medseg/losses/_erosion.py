@@ -1,7 +1,9 @@
 """Soft erosions of Karimi & Salcudean's Hausdorff-ER loss, cache-blocked, with the gradient in the same sweep.
 
 The K erosions are a chain of full-volume passes with a min-max normalisation per item and class between them, so
-their cost is memory traffic: about 13 passes per erosion forward and 17 backward. Done on the whole batch with
+their cost is memory traffic: about 15 elementwise passes per erosion forward (cross sum 6, threshold 3, min and
+max 2, normalisation 2, sum 1) and 18 backward (two sums, tie masks and counts 4, scaling 4, cross sum 6, the direct
+gradient 1), ~330 for K = 10 against a cross-entropy step's ~7. Done on the whole batch with
 autograd, each pass streams the batch through main memory, every step allocates fresh tensors and autograd keeps
 about five of them per erosion. Here the batch is cut into blocks of whole (item, class) volumes that fit the CPU's
 cache; each block runs its K erosions forward and then backward while it is resident, writing only its result:

@@ -562,6 +562,10 @@ class ActiveBoundaryLoss(_MapLoss):
     capped at 1 % of a single image), in closed form instead of a loop; the patch edge and ignored voxels are never
     direction targets and their KL entry is 0; the distance is to the two-sided boundary layer from the cached map.
 
+    The KL divergences are computed class by class where each class plane lies (no channel-last, padded or
+    probability copy of the batch); with detached neighbours their probabilities are gathered again in the backward
+    instead of kept (:mod:`medseg.losses._neighbour_kl`): peak memory about that of a cross-entropy step.
+
     Returns 0 (a tensor connected to the input, not ``None``) when there is no predicted boundary. ``reduction``:
     ``"mean"`` over K, ``"sum"``, or ``"none"``: the per-voxel terms ``(B, *spatial)``, 0 off K.
     Empty classes: an absent class is never a voxel's own class, so its map is never read.
