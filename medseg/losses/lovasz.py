@@ -178,9 +178,9 @@ def _block_terms(
     (:func:`_weighted_voxels`). Counts and weights are float32 where that is exact.
     """
     rows, length = errors.shape
-    totals = foreground.sum(1)
+    totals = torch.count_nonzero(foreground, 1)  # several times faster than a bool sum
     weighted = _weighted_voxels(errors, foreground, totals)
-    counts = weighted.sum(1)
+    counts = torch.count_nonzero(weighted, 1)
     counts = torch.where(totals > 0, counts, counts.clamp_max(1)).tolist()
     sorted_keys, order = _sort_rows(_sort_keys(errors), weighted, counts)
     head = max(counts, default=0)
