@@ -409,14 +409,14 @@ class _FlatWindow:
         self.deltas = tuple(d for d in deltas if d > 0)
         self.start = radius * sum(strides)
 
-    def pair_slices(self, length: int) -> Iterator[tuple[slice, slice]]:
+    def pair_slices(self, length: int, block: int) -> Iterator[tuple[slice, slice]]:
         """The pairs ``(p, p + delta)`` (``delta > 0``) with an end in ``[start, length - start)``, as the slices of
-        their two ends: block by block of ``_PAIR_BLOCK`` first ends, every offset within a block (the block's
+        their two ends: block by block of ``block`` first ends, every offset within a block (the block's
         rows stay in cache)."""
         stop = length - self.start
-        for first in range(0, stop, _PAIR_BLOCK):
+        for first in range(0, stop, block):
             for delta in self.deltas:
-                low, high = max(first, self.start - delta), min(first + _PAIR_BLOCK, stop)
+                low, high = max(first, self.start - delta), min(first + block, stop)
                 if low < high:
                     yield slice(low, high), slice(low + delta, high + delta)
 
@@ -464,7 +464,9 @@ class _WindowSums(torch.autograd.Function):
         pairs = correct.new_zeros(2, correct.shape[0])
         keep = any(ctx.needs_input_grad[:2])
         ctx.pairs = []
-        for head, tail in window.pair_slices(correct.shape[0]):
+        # CPU: blocks that stay in cache; an accelerator: one block (fewer, larger kernels)
+        block = _PAIR_BLOCK if unit.device.type == "cpu" else correct.shape[0]
+        for head, tail in window.pair_slices(correct.shape[0], block):
             is_same = labels[head] == labels[tail]
             same = is_same.to(dtype)
             cosine = (unit[:, head] * unit[:, tail]).sum(0)
