@@ -210,13 +210,14 @@ def _label_maps(
             channel[...] = _no_boundary_value(settings, full=sizes[c] > 0, diagonal=_diagonal(shape, spacing))
             continue
         box = boxes[c] or whole
+        in_class = index[box] == c + 1
         if not _needs_outside(settings):
             channel[...] = 1.0 if settings.mode == "rrw" else 0.0
-        elif two_labels:
-            channel[...] = shared  # the other label's inside distance
+        elif two_labels:  # the other label's inside distance, 0 on the class like a computed outside distance
+            channel[...] = shared
+            xp.copyto(channel[box], 0.0, where=in_class)
         else:
             _distance_to_class(backend, index, c, box, spacing, channel)
-        in_class = index[box] == c + 1
         if settings.mode == "penalty":
             _invert_outside(xp, channel, index, c, box)
         xp.copyto(channel[box], _inside_values(xp, settings, shared[box], finest, in_class), where=in_class)

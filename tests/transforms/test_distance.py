@@ -329,6 +329,18 @@ def test_one_multilabel_pass_gives_every_inside_distance_and_small_classes_skip_
         assert all(np.prod(shape) < 40 * 36 * 18 for shape in calls[1:]), mode
 
 
+@pytest.mark.parametrize("mode", REGION_MODES)
+def test_two_label_map_matches_scipy_when_one_side_is_deeper(mode):
+    # with two labels each one's outside is the other's inside; penalty normalises over the outside voxels only,
+    # though the wide label's inside distances (up to 3.5) exceed its outside ones (up to 2)
+    labels = np.zeros((20, 9), np.int64)
+    labels[:, 2:] = 1
+    maps = DistanceMap(mode, num_classes=2, spacing=(1.0, 1.0))(torch.from_numpy(labels)[None])
+    for c in range(2):
+        expected = scipy_class_map(labels == c, (1.0, 1.0), mode)
+        np.testing.assert_allclose(maps[c].numpy(), expected, atol=1e-4, err_msg=f"class {c}")
+
+
 def numpy_peak_bytes_per_voxel(mode: str, classes: int) -> float:
     """Peak numpy memory (tracemalloc) of one label-map DistanceMap call with ``classes`` small box classes."""
     rng = np.random.default_rng(0)
