@@ -177,7 +177,7 @@ def _blocks(probs: torch.Tensor):
     """``(item, first class, last class + 1)`` of each block of whole volumes of ``(B, C, *spatial)``, and the
     largest block's number of elements."""
     batch, classes = probs.shape[:2]
-    volume = probs[0, 0].numel()
+    volume = math.prod(probs.shape[2:])
     budget = CPU_BLOCK_BYTES if probs.device.type == "cpu" else DEVICE_BLOCK_BYTES
     per_block = max(1, min(classes, budget // max(volume * probs.element_size(), 1)))
     blocks = [
