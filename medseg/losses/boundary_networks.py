@@ -408,6 +408,8 @@ class _FlatWindow:
         deltas = (sum(o * s for o, s in zip(offset, strides, strict=True)) for offset in offsets)
         self.deltas = tuple(d for d in deltas if d > 0)
         self.start = radius * sum(strides)
+        self.size = math.prod(self.padded)
+        self.inside = tuple(slice(radius, radius + n) for n in spatial)
 
     def pair_slices(self, length: int, block: int) -> Iterator[tuple[slice, slice]]:
         """The pairs ``(p, p + delta)`` (``delta > 0``) with an end in ``[start, length - start)``, as the slices of
@@ -427,8 +429,7 @@ class _FlatWindow:
 
     def unflatten(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """``(Ch, P)`` -> ``(B, Ch, *S)``, the padding cut off."""
-        inside = tuple(slice(self.radius, self.radius + n) for n in self.spatial)
-        return x.view(x.shape[0], batch, *self.padded).movedim(0, 1)[(slice(None), slice(None), *inside)]
+        return x.view(x.shape[0], batch, *self.padded).movedim(0, 1)[(slice(None), slice(None), *self.inside)]
 
 
 class _WindowSums(torch.autograd.Function):
@@ -451,15 +452,18 @@ class _WindowSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, unit, logits, labels, correct, features, window):
+        # the stack x = (z, κf, 1, κ), written straight into the flat padded layout (C + F + 2, P)
+        num_classes, num_features = logits.shape[1], features.shape[1]
         dtype = torch.promote_types(logits.dtype, features.dtype)
-        stacked = torch.cat(
-            [
-                logits.to(dtype),
-                (features * correct).to(dtype),
-                torch.ones_like(correct)[None].to(dtype),
-                correct[None].to(dtype),
-            ]
-        )
+        grid = logits.new_zeros(num_classes + num_features + 2, logits.shape[0], *window.padded, dtype=dtype)
+        inside = grid[(slice(None), slice(None), *window.inside)]
+        inside[:num_classes] = logits.movedim(1, 0)
+        inside[num_classes : num_classes + num_features] = features.movedim(1, 0)
+        inside[num_classes : num_classes + num_features] *= correct
+        inside[-2] = 1
+        inside[-1] = correct
+        stacked = grid.view(grid.shape[0], -1)
+        correct = stacked[-1].to(unit.dtype, copy=True)  # not a view: the stack is not kept for backward
         sums = torch.zeros_like(stacked)
         pairs = correct.new_zeros(2, correct.shape[0])
         keep = any(ctx.needs_input_grad[:2])
@@ -480,7 +484,7 @@ class _WindowSums(torch.autograd.Function):
             if keep:
                 ctx.pairs.append((head, tail, is_same, cosine))
         ctx.save_for_backward(unit, correct)
-        ctx.num_classes = logits.shape[0]
+        ctx.num_classes, ctx.window = num_classes, window
         return pairs, sums.to(logits.dtype)
 
     @staticmethod
@@ -495,7 +499,14 @@ class _WindowSums(torch.autograd.Function):
             grad_unit[:, tail].addcmul_(unit[:, head], weight)
             grad_logits[:, tail].addcmul_(grad_class[:, head], same)
             grad_logits[:, head].addcmul_(grad_class[:, tail], same)
-        return grad_unit, grad_logits, None, None, None, None
+        return (
+            grad_unit,
+            ctx.window.unflatten(grad_logits, grad_logits.shape[1] // ctx.window.size),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _to_feature_grid(
@@ -655,15 +666,15 @@ class ConditionalBoundaryLoss(SegmentationLoss):
             anchors = anchors & (labels != 0)
 
         spatial = labels.shape[1:]
-        # |f| clamped at 1e-12: the square root of the clamped squared norm (as norm, and 10x faster on dim 1)
-        unit = features / features.square().sum(1, keepdim=True).clamp_min(1e-24).sqrt()
+        # 1 / |f| with |f| clamped at 1e-12, from the clamped squared norm (as norm, and 10x faster on dim 1)
+        unit = features * features.square().sum(1, keepdim=True).clamp_min(1e-24).rsqrt()
         window = _FlatWindow(spatial, self.kernel_size // 2)
         pairs, sums = _WindowSums.apply(
             window.flatten(unit),
-            window.flatten(logits),
+            logits,
             window.flatten(labels.unsqueeze(1), -1)[0],
-            window.flatten(correct.unsqueeze(1).to(features.dtype))[0],
-            window.flatten(features.detach()),
+            correct,
+            features.detach(),
             window,
         )
         pair_error, pair_count = window.unflatten(pairs, labels.shape[0]).unbind(1)
@@ -671,9 +682,10 @@ class ConditionalBoundaryLoss(SegmentationLoss):
         class_logit_sum, correct_sum, same_count, correct_count = sums.split([num_classes, features.shape[1], 1, 1], 1)
         same_count, correct_count = same_count[:, 0], correct_count[:, 0]
 
-        centre = (correct_sum / correct_count.clamp_min(1).unsqueeze(1)).detach()
-        distance_term = ((features - centre) ** 2).mean(1)
-        class_centre = class_logit_sum / same_count.clamp_min(1).unsqueeze(1)
+        # divisions by counts as products with their reciprocals (one division per voxel, not per channel)
+        centre = (correct_sum * correct_count.clamp_min(1).reciprocal().unsqueeze(1)).detach()
+        distance_term = (features - centre).square().sum(1) / features.shape[1]
+        class_centre = class_logit_sum * same_count.clamp_min(1).reciprocal().unsqueeze(1)
         class_term = F.cross_entropy(class_centre, labels.clamp_min(0), reduction="none")
 
         # per-class sums over the anchors: one index_add over the voxels (non-anchors go to an extra bin C)

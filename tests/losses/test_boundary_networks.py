@@ -538,12 +538,11 @@ def test_conditional_boundary_window_sums_pass_gradcheck():
 
     generator = torch.Generator().manual_seed(13)
     window = _FlatWindow((3, 4), 1)
-    flat = window.padded[0] * window.padded[1] * 2
-    unit = torch.randn(3, flat, generator=generator, dtype=torch.float64, requires_grad=True)
-    logits = torch.randn(2, flat, generator=generator, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(-1, 2, (flat,), generator=generator)
-    correct = (torch.rand(flat, generator=generator) > 0.4).double()
-    features = torch.randn(3, flat, generator=generator, dtype=torch.float64)
+    unit = torch.randn(3, window.size * 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, 2, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = window.flatten(torch.randint(-1, 2, (2, 1, 3, 4), generator=generator), -1)[0]
+    correct = torch.rand(2, 3, 4, generator=generator) > 0.4
+    features = torch.randn(2, 3, 3, 4, generator=generator, dtype=torch.float64)
 
     def sums(u, z):
         return _WindowSums.apply(u, z, labels, correct, features, window)
