@@ -267,78 +267,6 @@ def _label_softmax_path(prep: Prepared, squared: bool, soft_label: bool) -> bool
     return prep.activation == "softmax" and prep.labels is not None and not squared and not soft_label
 
 
-class _SoftmaxLabelOverlap(torch.autograd.Function):
-    r"""Per item and class :math:`TP = \sum_i m_i p_{i,l_i}[l_i = c]`, :math:`\sum_i m_i p_{ic}` and
-    :math:`\sum_i m_i [l_i = c]` of :math:`p = \mathrm{softmax}(x)` and a label map :math:`l` (mask :math:`m`),
-    without a one-hot target: TP by a gather of :math:`p_{i,l_i}` and a float64 ``scatter_add`` over the labels
-    (float32 where the device has no float64).
-
-    Backward is the closed form through the softmax Jacobian: with :math:`a_{ic} = m_i(\bar s_c + \bar t_c
-    [l_i = c])` (:math:`\bar t, \bar s` the gradients of TP and :math:`\sum p`),
-    :math:`\partial L / \partial x_{ic} = p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik})`; two passes over ``(B, C, N)``
-    and nothing stored but :math:`p`. Under ``create_graph`` the same formula runs in tracked ops on :math:`p`
-    recomputed from the logits, so higher derivatives stay exact.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.autocast(logits.device.type, enabled=False):  # float32 sums (bmm) under autocast too
-            return _SoftmaxLabelOverlap._forward(ctx, logits, labels, mask)
-
-    @staticmethod
-    def _forward(
-        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, c = logits.shape[:2]
-        p = torch.softmax(logits, 1).reshape(b, c, -1)
-        lab = labels.reshape(b, -1)
-        tp, sum_p, sum_g = _label_sums(p, lab, mask)
-        ctx.mark_non_differentiable(sum_g)
-        ctx.save_for_backward(p, lab, mask, logits)
-        ctx.logits_shape = logits.shape
-        return tp, sum_p, sum_g
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_tp: torch.Tensor | None, grad_sum_p: torch.Tensor | None, _: torch.Tensor | None
-    ) -> tuple[torch.Tensor, None, None]:
-        p, lab, mask, logits = ctx.saved_tensors
-        with torch.autocast(p.device.type, enabled=False):
-            return _SoftmaxLabelOverlap._backward(ctx, p, lab, mask, logits, grad_tp, grad_sum_p)
-
-    @staticmethod
-    def _backward(
-        ctx: Any,
-        p: torch.Tensor,
-        lab: torch.Tensor,
-        mask: torch.Tensor | None,
-        logits: torch.Tensor,
-        grad_tp: torch.Tensor | None,
-        grad_sum_p: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, None, None]:
-        b, c = p.shape[:2]
-        twice = torch.is_grad_enabled()  # create_graph: the same formula in tracked ops, p recomputed from x
-        if twice:
-            p = torch.softmax(logits, 1).reshape(b, c, -1)
-        grad_tp = torch.zeros(b, c, dtype=p.dtype, device=p.device) if grad_tp is None else grad_tp.to(p.dtype)
-        grad_sum_p = torch.zeros_like(grad_tp) if grad_sum_p is None else grad_sum_p.to(p.dtype)
-        # per voxel: t_i = p_{i,l_i} tbar_{l_i} and S_i = sum_k p_ik sbar_k + t_i
-        t = p.gather(1, lab.unsqueeze(1)).squeeze(1) * grad_tp.gather(1, lab)
-        s = torch.bmm(grad_sum_p.unsqueeze(1), p).squeeze(1) + t
-        grad = p * (grad_sum_p.unsqueeze(2) - s.unsqueeze(1))
-        m = None if mask is None else mask.reshape(b, 1, -1).to(p.dtype)
-        if twice:
-            grad = grad.scatter_add(1, lab.unsqueeze(1), t.unsqueeze(1))
-            grad = grad if m is None else grad * m
-        else:
-            grad.scatter_add_(1, lab.unsqueeze(1), t.unsqueeze(1))
-            if m is not None:
-                grad.mul_(m)
-        return grad.reshape(ctx.logits_shape), None, None
-
-
 class _ProbLabelOverlap(torch.autograd.Function):
     r""":class:`_SoftmaxLabelOverlap` on probabilities already taken (a shared softmax): the same sums, and the
     gradient :math:`\partial L / \partial p_{ic} = m_i(\bar s_c + \bar t_c [l_i = c])` in one pass (autograd
@@ -400,11 +328,12 @@ def _label_sums(
 _CHUNK = 1 << 17
 
 
-def softmax_label_sums(prep: Prepared) -> tuple[torch.Tensor, ...]:
+def softmax_label_sums(prep: Prepared, with_logs: bool = True) -> tuple[torch.Tensor, ...]:
     """TP, Σp, Σg, Σ log p (positives) and Σ log(1 − p) (negatives) per item and class, all C classes ``(B, C)``,
-    of the softmax and the label map in one chunked pass (:class:`_SoftmaxLabelSums`); in a
-    :func:`shared_preparation` block the Dice-type terms take TP, Σp and Σg from here (no second softmax)."""
-    sums = _SoftmaxLabelSums.apply(prep._full_logits, prep.labels, prep.mask)
+    of the softmax and the label map in one chunked pass (:class:`_SoftmaxLabelSums`; without ``with_logs`` the
+    last two are zeros, not computed); in a :func:`shared_preparation` block the Dice-type terms take TP, Σp and Σg
+    from here (no second softmax)."""
+    sums = _SoftmaxLabelSums.apply(prep._full_logits, prep.labels, prep.mask, with_logs)
     if prep._shared is not None:
         prep._shared[("label_sums", id(prep.labels), id(prep.mask))] = sums
     return sums
@@ -412,87 +341,131 @@ def softmax_label_sums(prep: Prepared) -> tuple[torch.Tensor, ...]:
 
 class _SoftmaxLabelSums(torch.autograd.Function):
     r"""Per item and class, of :math:`p = \mathrm{softmax}(x)`, a label map :math:`l` and a mask :math:`m`:
-    :math:`TP_c = \sum_{i: l_i = c} m_i p_{ic}`, :math:`\sum_i m_i p_{ic}`, :math:`\sum_{i: l_i = c} m_i`,
-    :math:`\sum_{i: l_i = c} m_i \log p_{ic}` and :math:`\sum_{i: l_i \ne c} m_i \log(1 - p_{ic})` (``1 - p`` at
-    least the dtype's eps, as ``log1p(-p.clamp(max=1 - eps))``), in cache-sized chunks, without a one-hot target.
+    :math:`TP_c = \sum_{i: l_i = c} m_i p_{ic}`, :math:`\sum_i m_i p_{ic}`, :math:`\sum_{i: l_i = c} m_i` and, with
+    ``with_logs``, :math:`\sum_{i: l_i = c} m_i \log p_{ic}` and :math:`\sum_{i: l_i \ne c} m_i \log(1 - p_{ic})`
+    (``1 - p`` at least the dtype's eps, as ``log1p(-p.clamp(max=1 - eps))``), in cache-sized chunks, without a
+    one-hot target; saves :math:`p`.
 
     Backward, with :math:`\bar t, \bar s, \bar q, \bar n` the gradients of TP, Σp, Σ log p and Σ log(1 − p):
     :math:`a_{ic} = m_i(\bar s_c + \bar t_c [l_i = c] - \bar n_c [l_i \ne c][p_{ic} \le 1 - \epsilon] / (1 - p_{ic}))`
     and :math:`u_i = m_i \bar q_{l_i}` give
-    :math:`\partial L / \partial x_{ic} = p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik} - u_i) + u_i [l_i = c]`, chunk by chunk
-    from the saved :math:`p`. Under ``create_graph`` the same sums are taken again in tracked ops.
+    :math:`\partial L / \partial x_{ic} = p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik} - u_i) + u_i [l_i = c]`, chunk by chunk.
+    Under ``create_graph`` the same sums are taken again in tracked ops and differentiated by autograd.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None, with_logs: bool
     ) -> tuple[torch.Tensor, ...]:
-        with torch.autocast(logits.device.type, enabled=False):
-            b, c = logits.shape[:2]
-            x = logits.reshape(b, c, -1)
-            lab = labels.reshape(b, -1)
-            m = None if mask is None else mask.reshape(b, 1, -1).to(x.dtype)
-            probs = torch.empty_like(x, memory_format=torch.contiguous_format)
-            dtype = accumulation_dtype(x.device)
-            sums = [torch.zeros(b, c, dtype=dtype, device=x.device) for _ in range(5)]
-            tp, sum_p, sum_g, pos_log, neg_log = sums
-            floor = 1.0 - torch.finfo(x.dtype).eps
-            step = max(1, _CHUNK // (b * c))
-            for start in range(0, x.shape[2], step):
-                part = slice(start, start + step)
-                index = lab[:, None, part]
-                mk = None if m is None else m[:, :, part]
-                log_p = torch.log_softmax(x[:, :, part], 1)
-                p = torch.exp(log_p, out=probs[:, :, part])
-                sum_p += (p if mk is None else p * mk).sum(2)
-                at_label = p.gather(1, index)
-                log_at_label = log_p.gather(1, index)
-                count = torch.ones_like(at_label) if mk is None else mk
-                if mk is not None:
-                    at_label, log_at_label = at_label * mk, log_at_label * mk
-                tp.scatter_add_(1, index[:, 0], at_label[:, 0].to(dtype))
-                sum_g.scatter_add_(1, index[:, 0], count[:, 0].to(dtype))
-                pos_log.scatter_add_(1, index[:, 0], log_at_label[:, 0].to(dtype))
-                log_not_p = torch.log1p(p.clamp(max=floor).neg_())
-                log_not_p.scatter_(1, index, 0.0)  # the negatives only
-                neg_log += (log_not_p if mk is None else log_not_p.mul_(mk)).sum(2)
-        outputs = tuple(total.to(x.dtype) for total in sums)
-        ctx.mark_non_differentiable(outputs[2])
-        ctx.save_for_backward(probs, lab, m, logits)
-        ctx.floor = floor
+        outputs = _label_sums_forward(ctx, logits, labels, mask, with_logs)
+        ctx.mark_non_differentiable(*(outputs[2:] if not with_logs else outputs[2:3]))
         return outputs
 
     @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None, None]:
+        return _label_sums_backward(ctx, grads), None, None, None
+
+
+class _SoftmaxLabelOverlap(torch.autograd.Function):
+    r"""TP, Σp and Σg of :class:`_SoftmaxLabelSums` alone (no logarithms): the statistics of the softmax Dice-type
+    losses with hard labels, one chunked pass without a one-hot target, closed-form backward through the softmax
+    Jacobian from the saved :math:`p`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tp, sum_p, sum_g = _label_sums_forward(ctx, logits, labels, mask, False)[:3]
+        ctx.mark_non_differentiable(sum_g)
+        return tp, sum_p, sum_g
+
+    @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
-        probs, lab, m, logits = ctx.saved_tensors
-        b, c = probs.shape[:2]
-        grad_tp, grad_sum_p, _, grad_pos, grad_neg = (
-            torch.zeros(b, c, dtype=probs.dtype, device=probs.device) if g is None else g.to(probs.dtype) for g in grads
-        )
-        if torch.is_grad_enabled():  # create_graph: the same sums in tracked ops, differentiated by autograd
-            return _tracked_label_sums_grad(logits, lab, m, grad_tp, grad_sum_p, grad_pos, grad_neg, ctx.floor)
-        with torch.autocast(probs.device.type, enabled=False):
-            grad = torch.empty_like(probs)
-            step = max(1, _CHUNK // (b * c))
-            for start in range(0, probs.shape[2], step):
-                part = slice(start, start + step)
-                index = lab[:, None, part]
-                mk = None if m is None else m[:, :, part]
-                p = probs[:, :, part]
-                # a = s̄ + t̄ [l = c] − n̄ [l ≠ c][p ≤ 1 − eps] / (1 − p), times m
-                a = torch.rsub(p, 1.0)
-                a = torch.div(grad_neg.unsqueeze(2), a).neg_().masked_fill_(p > ctx.floor, 0.0)
-                a.scatter_(1, index, grad_tp.unsqueeze(2).expand(b, c, index.shape[2]).gather(1, index))
-                a.add_(grad_sum_p.unsqueeze(2))
-                u = grad_pos.gather(1, index[:, 0]).unsqueeze(1)
+        return _label_sums_backward(ctx, (*grads, None, None)), None, None
+
+
+def _label_sums_forward(
+    ctx: Any, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None, with_logs: bool
+) -> tuple[torch.Tensor, ...]:
+    """:class:`_SoftmaxLabelSums`' forward: the five sums ``(B, C)``, chunk by chunk; saves p."""
+    with torch.autocast(logits.device.type, enabled=False):
+        b, c = logits.shape[:2]
+        x = logits.reshape(b, c, -1)
+        lab = labels.reshape(b, -1)
+        m = None if mask is None else mask.reshape(b, 1, -1).to(x.dtype)
+        probs = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dtype = accumulation_dtype(x.device)
+        sums = [torch.zeros(b, c, dtype=dtype, device=x.device) for _ in range(5)]
+        tp, sum_p, sum_g, pos_log, neg_log = sums
+        floor = 1.0 - torch.finfo(x.dtype).eps
+        step = max(1, _CHUNK // (b * c))
+        for start in range(0, x.shape[2], step):
+            part = slice(start, start + step)
+            index = lab[:, None, part]
+            mk = None if m is None else m[:, :, part]
+            out = probs[:, :, part]
+            if with_logs:
+                log_p = torch.log_softmax(x[:, :, part], 1)
+                p = torch.exp(log_p, out=out)
+            else:
+                p = out.copy_(torch.softmax(x[:, :, part], 1))
+            sum_p += (p if mk is None else p * mk).sum(2)
+            at_label = p.gather(1, index)[:, 0]
+            count = torch.ones_like(at_label) if mk is None else mk[:, 0]
+            if mk is not None:
+                at_label = at_label * count
+            tp.scatter_add_(1, index[:, 0], at_label.to(dtype))
+            sum_g.scatter_add_(1, index[:, 0], count.to(dtype))
+            if not with_logs:
+                continue
+            log_at_label = log_p.gather(1, index)[:, 0]
+            log_at_label = log_at_label if mk is None else log_at_label * count
+            pos_log.scatter_add_(1, index[:, 0], log_at_label.to(dtype))
+            log_not_p = torch.log1p(p.clamp(max=floor).neg_())
+            log_not_p.scatter_(1, index, 0.0)  # the negatives only
+            neg_log += (log_not_p if mk is None else log_not_p.mul_(mk)).sum(2)
+    ctx.save_for_backward(probs, lab, m, logits)
+    ctx.floor, ctx.with_logs = floor, with_logs
+    return tuple(total.to(x.dtype) for total in sums)
+
+
+def _label_sums_backward(ctx: Any, grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """:class:`_SoftmaxLabelSums`' backward: the gradient of the logits from those of the five sums."""
+    probs, lab, m, logits = ctx.saved_tensors
+    b, c = probs.shape[:2]
+    grad_tp, grad_sum_p, _, grad_pos, grad_neg = (
+        torch.zeros(b, c, dtype=probs.dtype, device=probs.device) if g is None else g.to(probs.dtype) for g in grads
+    )
+    if torch.is_grad_enabled():  # create_graph: the same sums in tracked ops, differentiated by autograd
+        return _tracked_label_sums_grad(logits, lab, m, grad_tp, grad_sum_p, grad_pos, grad_neg, ctx.floor)
+    with torch.autocast(probs.device.type, enabled=False):
+        grad = torch.empty_like(probs)
+        step = max(1, _CHUNK // (b * c))
+        for start in range(0, probs.shape[2], step):
+            part = slice(start, start + step)
+            index = lab[:, None, part]
+            mk = None if m is None else m[:, :, part]
+            p, out = probs[:, :, part], grad[:, :, part]
+            t = p.gather(1, index) * grad_tp.gather(1, index[:, 0]).unsqueeze(1)  # p_l t̄_l
+            if not ctx.with_logs:  # a = s̄ + t̄ [l = c]: Σ_k p_k a_k = p · s̄ + p_l t̄_l
+                shift = torch.matmul(grad_sum_p.unsqueeze(1), p).add_(t)
+                torch.mul(p, torch.sub(grad_sum_p.unsqueeze(2), shift), out=out)
+                out.scatter_add_(1, index, t)
                 if mk is not None:
-                    a.mul_(mk)
-                    u = u * mk
-                shift = (p * a).sum(1, keepdim=True).add_(u)
-                out = grad[:, :, part]
-                torch.mul(p, a.sub_(shift), out=out)
-                out.scatter_add_(1, index, u)
-        return grad.reshape(logits.shape), None, None
+                    out.mul_(mk)
+                continue
+            # a = s̄ + t̄ [l = c] − n̄ [l ≠ c][p ≤ 1 − eps] / (1 − p), times m
+            a = torch.div(grad_neg.unsqueeze(2), torch.rsub(p, 1.0)).neg_().masked_fill_(p > ctx.floor, 0.0)
+            a.scatter_(1, index, grad_tp.unsqueeze(2).expand(b, c, index.shape[2]).gather(1, index))
+            a.add_(grad_sum_p.unsqueeze(2))
+            u = grad_pos.gather(1, index[:, 0]).unsqueeze(1)
+            if mk is not None:
+                a.mul_(mk)
+                u = u * mk
+            shift = (p * a).sum(1, keepdim=True).add_(u)
+            torch.mul(p, a.sub_(shift), out=out)
+            out.scatter_add_(1, index, u)
+    return grad.reshape(logits.shape)
 
 
 def _tracked_label_sums_grad(
@@ -504,23 +477,20 @@ def _tracked_label_sums_grad(
     grad_pos: torch.Tensor,
     grad_neg: torch.Tensor,
     floor: float,
-) -> tuple[torch.Tensor, None, None]:
-    """:class:`_SoftmaxLabelSums`' gradient as autograd of the dense sums (for higher derivatives)."""
+) -> torch.Tensor:
+    """:class:`_SoftmaxLabelSums`' closed-form gradient in tracked ops on :math:`p` recomputed from the logits (dense,
+    for higher derivatives)."""
     b, c = logits.shape[:2]
-    x = logits.reshape(b, c, -1)
-    log_p = torch.log_softmax(x, 1)
-    p = log_p.exp()
+    p = torch.softmax(logits.reshape(b, c, -1), 1)
     onehot = torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
-    weight = torch.ones_like(p[:, :1]) if m is None else m
-    log_not_p = torch.log1p(-p.clamp(max=floor)) * (1 - onehot)
-    total = (
-        (grad_tp.unsqueeze(2) * onehot * p * weight).sum()
-        + (grad_sum_p.unsqueeze(2) * p * weight).sum()
-        + (grad_pos.unsqueeze(2) * onehot * log_p * weight).sum()
-        + (grad_neg.unsqueeze(2) * log_not_p * weight).sum()
-    )
-    (grad,) = torch.autograd.grad(total, logits, create_graph=True)
-    return grad, None, None
+    inside = (p <= floor).to(p.dtype) * (1 - onehot)
+    a = grad_sum_p.unsqueeze(2) + grad_tp.unsqueeze(2) * onehot
+    a = a - grad_neg.unsqueeze(2) * inside / (1 - p.clamp(max=floor))
+    u = (grad_pos.unsqueeze(2) * onehot).sum(1, keepdim=True)
+    if m is not None:
+        a, u = a * m, u * m
+    grad = p * (a - (p * a).sum(1, keepdim=True) - u) + u * onehot
+    return grad.reshape(logits.shape)
 
 
 def _label_softmax_stats(prep: Prepared, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

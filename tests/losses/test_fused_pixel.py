@@ -316,7 +316,7 @@ def test_softmax_label_sums_gradcheck_and_second_derivatives():
     grads = torch.randn(4, 2, 3, dtype=logits.dtype, generator=torch.Generator().manual_seed(0))
 
     def weighted(x, m):
-        tp, sum_p, _, pos_log, neg_log = _prepare._SoftmaxLabelSums.apply(x, labels[:, 0], m)
+        tp, sum_p, _, pos_log, neg_log = _prepare._SoftmaxLabelSums.apply(x, labels[:, 0], m, True)
         return (grads[0] * tp + grads[1] * sum_p + grads[2] * pos_log + grads[3] * neg_log).sum()
 
     x = logits.detach().requires_grad_(True)
