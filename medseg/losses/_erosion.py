@@ -223,12 +223,15 @@ class _ErodedSums(torch.autograd.Function):
                 if block_mask is not None:
                     out.mul_(block_mask)
             buffers.give(difference, error, block_mask, grad)
-        ctx.save_for_backward(jacobian)
+        ctx.save_for_backward(jacobian, probs, target, mask)
+        ctx.weights = weights
         return sums.to(probs.dtype)
 
     @staticmethod
     def backward(ctx, grad_sums):
-        (jacobian,) = ctx.saved_tensors
+        jacobian, probs, target, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula instead
+            return _dense_gradients(ctx, _dense_eroded(probs, target, mask, ctx.weights).flatten(2).sum(2), grad_sums)
         grad = jacobian * grad_sums.view(*grad_sums.shape, *([1] * (jacobian.ndim - 2)))
         return grad, (-grad if ctx.needs_input_grad[1] else None), None, None
 
@@ -252,6 +255,8 @@ class _ErodedVoxels(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         probs, target, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula instead
+            return _dense_gradients(ctx, _dense_eroded(probs, target, mask, ctx.weights), grad_total)
         grad = torch.empty_like(probs)
         blocks, numel = _blocks(probs)
         buffers = _Buffers(probs, numel)
@@ -266,6 +271,44 @@ class _ErodedVoxels(torch.autograd.Function):
                 out.mul_(block_mask)
             buffers.give(difference, error, block_mask, direct, grad_error)
         return grad, (-grad if ctx.needs_input_grad[1] else None), None, None
+
+
+def _dense_eroded(
+    probs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, weights: list[float]
+) -> torch.Tensor:
+    """The per-voxel sum as one plain autograd graph over the batch (the blocked code's formula, same order of
+    operations): differentiable any number of times, for a backward under ``create_graph=True``."""
+    spatial_ndim = probs.ndim - 2
+    current = (probs - target) ** 2 if mask is None else (probs - target) ** 2 * mask
+    total = torch.zeros_like(current)
+    for weight in weights:
+        padded = torch.nn.functional.pad(current, [1, 1] * spatial_ndim)
+        spread = current
+        for axis in range(spatial_ndim):
+            for start in (0, 2):
+                index = [slice(None), slice(None)] + [slice(1, 1 + n) for n in current.shape[2:]]
+                index[2 + axis] = slice(start, start + current.shape[2 + axis])
+                spread = spread + padded[tuple(index)]
+        spread = spread / (2 * spatial_ndim + 1)
+        eroded = (spread - 0.5).masked_fill(spread < 0.5, 0.0)
+        if mask is not None:
+            eroded = eroded * mask
+        dims = list(range(2, probs.ndim))
+        low = eroded.amin(dims, keepdim=True)
+        span = eroded.amax(dims, keepdim=True) - low
+        varies = span != 0
+        current = torch.where(varies, (eroded - low) / torch.where(varies, span, 1.0), eroded)
+        total = total + current * weight
+    return total
+
+
+def _dense_gradients(ctx, output: torch.Tensor, grad_output: torch.Tensor) -> tuple:
+    """The gradients of ``output`` (built from the saved probabilities and target) for the Function's inputs, with
+    their own graph."""
+    probs, target = ctx.saved_tensors[-3:-1]
+    wanted = [x for x, needed in zip((probs, target), ctx.needs_input_grad[:2], strict=True) if needed]
+    grads = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True))
+    return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]), None, None)
 
 
 def eroded_errors(

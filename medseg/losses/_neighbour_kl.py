@@ -48,13 +48,18 @@ class NeighbourDivergence(torch.autograd.Function):
             for c in range(log_probs.shape[1]):
                 values = plane[c].take(neighbours[rows])
                 out[rows].addcmul_(values.exp(), values.sub_(centre[rows, c : c + 1]))
-        ctx.save_for_backward(log_probs, neighbours)
+        ctx.save_for_backward(centre, log_probs, neighbours)
         ctx.counts = counts
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        log_probs, neighbours = ctx.saved_tensors
+        centre, log_probs, neighbours = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain gather instead
+            item = torch.repeat_interleave(torch.arange(len(ctx.counts), device=grad.device), torch.tensor(ctx.counts))
+            around = log_probs.flatten(2)[item.unsqueeze(1), :, neighbours]  # (M, K, C), constants
+            dense = (around.exp() * (around - centre.unsqueeze(1))).sum(-1)
+            return torch.autograd.grad(dense, centre, grad, create_graph=True)[0], None, None, None
         grad_centre = grad.new_empty(log_probs.shape[1], grad.shape[0])  # class-major rows, transposed at the end
         for rows, plane in _planes(log_probs, ctx.counts):
             for c in range(log_probs.shape[1]):

@@ -170,3 +170,13 @@ def test_peak_memory_stays_within_three_cross_entropies():
     ce = peak_bytes(lambda: F.cross_entropy(x, y[:, 0]))
     ours = peak_bytes(lambda: HausdorffERLoss(softmax=True)(x, y))
     assert ours <= 3 * ce, (ours / 2**20, ce / 2**20)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_second_derivatives_under_create_graph(reduction):
+    # the blocked backward is not differentiable again: under create_graph it differentiates the plain formula
+    x = torch.randn(1, 3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    y = torch.randint(0, 3, (1, 1, 5, 4), generator=torch.Generator().manual_seed(9))
+    y[0, 0, 0, 0] = IGNORE
+    loss = HausdorffERLoss(softmax=True, k=3, reduction=reduction, ignore_index=IGNORE)
+    assert torch.autograd.gradgradcheck(lambda v: loss(v, y), (x,))

@@ -61,6 +61,7 @@ def test_neighbour_divergence_matches_the_dense_gather_and_its_gradient(spatial)
     (grad_dense,) = torch.autograd.grad(dense, centre, upstream)
     assert torch.allclose(grad_ours, grad_dense, atol=1e-14)
     assert torch.autograd.gradcheck(lambda c: NeighbourDivergence.apply(c, lp, neighbours, counts), (centre,))
+    assert torch.autograd.gradgradcheck(lambda c: NeighbourDivergence.apply(c, lp, neighbours, counts), (centre,))
 
 
 @pytest.mark.parametrize("spatial", [(6, 7), (4, 5, 3)], ids=["2d", "3d"])
