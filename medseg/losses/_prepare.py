@@ -325,7 +325,7 @@ def _label_sums(
 
 
 #: elements of ``(B, C, N)`` per chunk of :class:`_SoftmaxLabelSums`: its temporaries stay in a core's L2 cache
-_CHUNK = 1 << 17
+_CHUNK = 1 << 18
 
 
 def softmax_label_sums(prep: Prepared, with_logs: bool = True) -> tuple[torch.Tensor, ...]:
@@ -455,15 +455,16 @@ def _label_sums_backward(ctx: Any, grads: tuple[torch.Tensor | None, ...]) -> to
                     out.mul_(mk)
                 continue
             # a = s̄ + t̄ [l = c] − n̄ [l ≠ c][p ≤ 1 − eps] / (1 − p), times m
-            a = torch.div(grad_neg.unsqueeze(2), torch.rsub(p, 1.0)).neg_().masked_fill_(p > ctx.floor, 0.0)
+            a = torch.div(grad_neg.neg().unsqueeze(2), torch.rsub(p, 1.0)).masked_fill_(p > ctx.floor, 0.0)
             a.scatter_(1, index, grad_tp.unsqueeze(2).expand(b, c, index.shape[2]).gather(1, index))
             a.add_(grad_sum_p.unsqueeze(2))
             u = grad_pos.gather(1, index[:, 0]).unsqueeze(1)
             if mk is not None:
                 a.mul_(mk)
                 u = u * mk
-            shift = (p * a).sum(1, keepdim=True).add_(u)
-            torch.mul(p, a.sub_(shift), out=out)
+            weighted = a.mul_(p)  # p a
+            shift = weighted.sum(1, keepdim=True).add_(u)
+            torch.addcmul(weighted, p, shift, value=-1.0, out=out)  # p (a − Σ p a − u)
             out.scatter_add_(1, index, u)
     return grad.reshape(logits.shape)
 

@@ -62,7 +62,7 @@ class _SignedFocalTerms(torch.autograd.Function):
 
 
 #: elements of ``(B, C, N)`` per chunk of :class:`_SigmoidFocalSum`: its few temporaries stay in a core's L2 cache
-_CHUNK = 1 << 17
+_CHUNK = 1 << 18
 
 
 class _SigmoidFocalSum(torch.autograd.Function):

@@ -370,3 +370,11 @@ def test_combo_takes_one_fused_pass_and_equals_the_formula_in_3d(options):
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
     # the closed form p (a - Σ p a) rounds differently where 1 / (1 - p) is large (confident wrong classes)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-11)
+
+
+def test_combo_second_derivatives_stay_exact():
+    logits, labels = batch(seed=14, classes=3, spatial=(3, 2))
+    labels = labels.clone()
+    labels[0, 0, 0, 0] = 255
+    loss = get_loss("combo", softmax=True, beta=0.25, ignore_index=255)
+    assert torch.autograd.gradgradcheck(lambda x: loss(x, labels), (logits,))
