@@ -288,6 +288,36 @@ def compare(old_path: str, new_path: str, tolerance: float = 0.10) -> tuple[pd.D
     return table, bool(table["slower"].any())
 
 
+#: issue 13's time targets, forward+backward as a multiple of cross-entropy (every other loss: ``DEFAULT_TARGET``)
+TIME_TARGETS = {
+    **dict.fromkeys(["dice", "jaccard", "generalized_dice", "tversky", "balanced_ce"], 1.3),
+    "focal": 2.0,
+    "focal[sigmoid]": 2.0,
+    **dict.fromkeys(["combo", "exp_log", "unified_focal", "dice_focal"], 2.5),
+}
+DEFAULT_TARGET = 5.0
+#: peak extra memory target on the 3D workload, as a multiple of cross-entropy's
+PEAK_TARGET = 3.0
+
+
+def targets_table(path: str) -> pd.DataFrame:
+    """One row per loss of a ``--json`` file: ``x_ce`` and peak per workload next to issue 13's targets, and
+    whether each is met (``time_met`` on every workload, ``peak_met`` on 3d where it was measured)."""
+    rows = pd.DataFrame(json.loads(Path(path).read_text())["rows"])
+    wide = rows.pivot(index="loss", columns="workload", values=["x_ce", "x_ce_peak", "x_ref"])
+    table = pd.DataFrame(index=wide.index)
+    for workload in sorted(rows["workload"].unique()):
+        table[f"x_ce {workload}"] = wide[("x_ce", workload)]
+        table[f"peak {workload}"] = wide[("x_ce_peak", workload)]
+        table[f"x_ref {workload}"] = wide[("x_ref", workload)]
+    table["time_target"] = [TIME_TARGETS.get(name, DEFAULT_TARGET) for name in table.index]
+    times = table[[c for c in table if c.startswith("x_ce ")]]
+    table["time_met"] = times.le(table["time_target"], axis=0).where(times.notna()).all(axis=1)
+    peak_3d = table.get("peak 3d", pd.Series(float("nan"), index=table.index))
+    table["peak_met"] = (peak_3d <= PEAK_TARGET).where(peak_3d.notna(), None)
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
@@ -304,6 +334,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file (for --compare)")
     parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --json files and exit")
     parser.add_argument("--tolerance", type=float, default=0.10, help="--compare: flag rows slower by more")
+    parser.add_argument("--targets", metavar="JSON", help="issue 13's targets against a --json file's rows, and exit")
     parser.add_argument(
         "--section",
         nargs="+",
@@ -317,6 +348,9 @@ def main() -> int:
         print(table.round(3).to_markdown())
         print(f"\n{int(table['slower'].sum())} row(s) more than {args.tolerance:.0%} slower (x_ce)")
         return 1 if slower else 0
+    if args.targets:
+        print(targets_table(args.targets).round(2).to_markdown())
+        return 0
     torch.set_num_threads(args.threads)
     names = args.losses or [i.name for i in list_losses() if i.name not in NEEDS_MORE - OWN_INPUTS] + list(VARIANTS)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

@@ -58,6 +58,31 @@ def test_compare_flags_rows_more_than_ten_percent_slower(tmp_path, monkeypatch, 
     assert bench_losses.main() == 0
 
 
+def test_targets_table_checks_each_loss_against_its_own_target(tmp_path, monkeypatch, capsys):
+    records = [
+        {"workload": w, "loss": name, "ms": 1.0, "x_ce": x, "x_ce_peak": peak, "x_ref": None}
+        for w, name, x, peak in [
+            ("2d", "dice", 1.2, 1.1),
+            ("3d", "dice", 1.4, 1.0),  # 1.4 > dice's 1.3 in 3D
+            ("2d", "focal", 1.9, 2.0),
+            ("3d", "focal", 1.5, 3.5),  # time met, memory not
+            ("2d", "rmi", 4.9, 1.0),
+            ("3d", "rmi", 3.0, 2.9),  # the default 5x, both met
+            ("2d", "lovasz", 6.0, 1.0),  # 2D only: no 3D peak to judge
+        ]
+    ]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"meta": {}, "rows": records}))
+    table = bench_losses.targets_table(str(path))
+    assert table.loc["dice", "time_target"] == 1.3 and not table.loc["dice", "time_met"]
+    assert table.loc["focal", "time_met"] and table.loc["focal", "peak_met"] is False
+    assert table.loc["rmi", "time_met"] and table.loc["rmi", "peak_met"] is True
+    assert not table.loc["lovasz", "time_met"] and table.loc["lovasz", "peak_met"] is None
+    monkeypatch.setattr(sys, "argv", ["bench_losses.py", "--targets", str(path)])
+    assert bench_losses.main() == 0
+    assert "time_target" in capsys.readouterr().out
+
+
 def test_a_small_run_writes_every_column_and_a_comparable_file(tmp_path, monkeypatch):
     monkeypatch.setitem(bench_losses.WORKLOADS, "2d", (2, 3, 24, 24))
     out = tmp_path / "run.json"
