@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -83,13 +84,27 @@ def test_targets_table_checks_each_loss_against_its_own_target(tmp_path, monkeyp
     assert "time_target" in capsys.readouterr().out
 
 
+def test_the_cpu_clock_leaves_out_time_off_the_cpu():
+    logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
+
+    def sleeping_loss(x, y):
+        time.sleep(0.2)
+        return x.sum()
+
+    wall = bench_losses.time_step(sleeping_loss, logits, None, {}, bench_losses.CLOCKS["wall"])
+    cpu = bench_losses.time_step(sleeping_loss, logits, None, {}, bench_losses.CLOCKS["cpu"])
+    assert wall >= 0.2 and cpu < 0.1
+
+
 def test_a_small_run_writes_every_column_and_a_comparable_file(tmp_path, monkeypatch):
     monkeypatch.setitem(bench_losses.WORKLOADS, "2d", (2, 3, 24, 24))
     out = tmp_path / "run.json"
     argv = ["bench_losses.py", "--workload", "2d", "--losses", "dice", "lovasz", "--repeats", "1", "--json", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", [*argv, "--clock", "cpu"])
     assert bench_losses.main() == 0
-    rows = {row["loss"]: row for row in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    assert result["meta"]["clock"] == "cpu"
+    rows = {row["loss"]: row for row in result["rows"]}
     for row in rows.values():
         assert row["ms"] > 0 and row["x_ce"] > 0 and row["peak_mb"] > 0 and row["ce_peak_mb"] > 0
     assert rows["dice"]["ref"] == "monai.DiceLoss"
