@@ -324,8 +324,18 @@ def _label_sums(
     return tp, sum_p, zeros.scatter_add(1, lab, count).to(p.dtype)
 
 
-#: elements of ``(B, C, N)`` per chunk of :class:`_SoftmaxLabelSums`: its temporaries stay in a core's L2 cache
+#: elements of ``(B, C, N)`` per chunk of the fused CPU passes (:class:`_SoftmaxLabelSums`,
+#: ``pixel._SigmoidFocalSum``): their temporaries stay in a core's cache
 _CHUNK = 1 << 18
+
+
+def chunk_voxels(x: torch.Tensor, elements: int | None = None) -> int:
+    """Voxels per chunk of a fused pass over ``x`` ``(B, C, N)``: about ``elements`` (default ``_CHUNK``) elements
+    on the CPU (cache-sized), all N on an accelerator (one launch per op instead of one per chunk)."""
+    b, c, n = x.shape
+    if x.device.type != "cpu":
+        return max(n, 1)
+    return max(1, (_CHUNK if elements is None else elements) // (b * c))
 
 
 def softmax_label_sums(prep: Prepared, with_logs: bool = True) -> tuple[torch.Tensor, ...]:
@@ -398,7 +408,7 @@ def _label_sums_forward(
         sums = [torch.zeros(b, c, dtype=dtype, device=x.device) for _ in range(5)]
         tp, sum_p, sum_g, pos_log, neg_log = sums
         floor = 1.0 - torch.finfo(x.dtype).eps
-        step = max(1, _CHUNK // (b * c))
+        step = chunk_voxels(x)
         for start in range(0, x.shape[2], step):
             part = slice(start, start + step)
             index = lab[:, None, part]
@@ -440,7 +450,7 @@ def _label_sums_backward(ctx: Any, grads: tuple[torch.Tensor | None, ...]) -> to
         return _tracked_label_sums_grad(logits, lab, m, grad_tp, grad_sum_p, grad_pos, grad_neg, ctx.floor)
     with torch.autocast(probs.device.type, enabled=False):
         grad = torch.empty_like(probs)
-        step = max(1, _CHUNK // (b * c))
+        step = chunk_voxels(probs)
         for start in range(0, probs.shape[2], step):
             part = slice(start, start + step)
             index = lab[:, None, part]

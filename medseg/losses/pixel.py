@@ -15,6 +15,7 @@ from ._prepare import (
     SegmentationLoss,
     accumulation_dtype,
     apply_class_weight,
+    chunk_voxels,
     class_weight_tensor,
     prepare,
 )
@@ -152,10 +153,10 @@ def _sigmoid_focal_chunks(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:class:`_SigmoidFocalSum`'s forward: the sum (across chunks in :func:`accumulation_dtype`) and the gradient
     (or ``None``)."""
-    b, c, n = logits.shape
+    c, n = logits.shape[1:]
     total = torch.zeros((), dtype=accumulation_dtype(logits.device), device=logits.device)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if with_grad else None
-    step = max(1, _CHUNK // (b * c))
+    step = chunk_voxels(logits, _CHUNK)
     for start in range(0, n, step):
         part = slice(start, start + step)
         x = logits[:, :, part]

@@ -378,3 +378,9 @@ def test_combo_second_derivatives_stay_exact():
     labels[0, 0, 0, 0] = 255
     loss = get_loss("combo", softmax=True, beta=0.25, ignore_index=255)
     assert torch.autograd.gradgradcheck(lambda x: loss(x, labels), (logits,))
+
+
+def test_fused_passes_chunk_on_the_cpu_only():
+    """Cache-sized chunks on the CPU; one chunk on an accelerator (one kernel launch per op, not per chunk)."""
+    assert _prepare.chunk_voxels(torch.empty(2, 4, 10**6), 4000) == 500
+    assert _prepare.chunk_voxels(torch.empty(2, 4, 10**6, device="meta"), 4000) == 10**6
