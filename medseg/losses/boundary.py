@@ -29,9 +29,10 @@ from ..transforms import BACKENDS, distance_maps
 from ..transforms._record import read_map_record
 from ._aux import checked_map
 from ._erosion import eroded_errors
+from ._label_sums import label_squares_path, softmax_label_squares
 from ._neighbour_kl import NeighbourDivergence, forward_divergences
 from ._prediction_maps import channel_argmax, prediction_distances_squared, weighted_squared_error
-from ._prepare import Prepared, SegmentationLoss, prepare, reduce
+from ._prepare import Prepared, SegmentationLoss, accumulation_dtype, prepare, reduce
 from .pixel import prepare_exclusive, reduce_over_voxels, voxel_nll
 from .region import _PerClassRegionLoss
 from .registry import register
@@ -792,20 +793,51 @@ class BoundaryDoULoss(_PerClassRegionLoss):
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
         smooth = 1e-5
+        if label_squares_path(prep):  # softmax and a label map: the sums by label, no one-hot target
+            intersection, mismatch, area, boundary_count = self._label_map_sums(prep)
+        else:
+            intersection, mismatch, area, boundary_count = self._one_hot_sums(prep)
+        with torch.no_grad():
+            alpha = (1 - 2 * (boundary_count + smooth) / (area + smooth)).clamp(max=self.alpha_max)
+        # Σp² + Σg² − (1 + α) I = Σ(p − g)² + (1 − α) I
+        return (mismatch + self.smooth_nr) / (mismatch + (1 - alpha) * intersection + self.smooth_dr)
+
+    def _one_hot_sums(self, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """I, Σ(p − g)² = Σp² + Σg² − 2I, S and C of the kept classes from the one-hot target (any activation)."""
         probs, onehot = prep.masked(prep.probs), prep.target
         dims = prep.spatial_dims if not self.batch else [0, *prep.spatial_dims]
         intersection = (probs * onehot).sum(dims)
         area = onehot.sum(dims)  # S, and the sum of g^2 (g is 0 or 1)
-        squares = (probs * probs).sum(dims) + area
+        mismatch = (probs * probs).sum(dims) + area - 2 * intersection
         with torch.no_grad():
             if prep.labels is None:  # multi-label one-hot target: each channel on its own
                 edge = label_boundary(onehot.flatten(0, 1) > 0, edge_is_outside=True).view_as(onehot)
             else:  # exclusive classes: one pass over the label map, ignored voxels outside every class
-                labels = prep.labels if prep.mask is None else prep.labels.masked_fill(prep.mask[:, 0] == 0, -1)
-                edge = label_boundary(labels, edge_is_outside=True).unsqueeze(1)
+                edge = label_boundary(self._labels_outside_ignored(prep), edge_is_outside=True).unsqueeze(1)
             boundary_count = (onehot * edge).sum(dims)
-            alpha = (1 - 2 * (boundary_count + smooth) / (area + smooth)).clamp(max=self.alpha_max)
-        return (squares - 2 * intersection + self.smooth_nr) / (squares - (1 + alpha) * intersection + self.smooth_dr)
+        return intersection, mismatch, area, boundary_count
+
+    @staticmethod
+    def _labels_outside_ignored(prep: Prepared) -> torch.Tensor:
+        """The label map with ignored voxels at −1 (outside every class, for the boundary)."""
+        return prep.labels if prep.mask is None else prep.labels.masked_fill(prep.mask[:, 0] == 0, -1)
+
+    def _label_map_sums(self, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """I, Σ(p − g)², S and C of the kept classes from the label map (:func:`softmax_label_squares`: Σ(p − g)² is
+        the positives' Σ(1 − p)² plus the negatives' Σp², no difference of large sums; the boundary voxels counted
+        per label by ``scatter_add``)."""
+        sums = softmax_label_squares(prep)
+        area = sums.count
+        with torch.no_grad():
+            edge = label_boundary(self._labels_outside_ignored(prep), edge_is_outside=True)
+            if prep.mask is not None:
+                edge &= prep.mask[:, 0] > 0
+            boundary_count = torch.zeros(area.shape, dtype=accumulation_dtype(area.device), device=area.device)
+            boundary_count.scatter_add_(1, prep.labels.flatten(1), edge.flatten(1).to(boundary_count.dtype))
+            boundary_count = boundary_count.to(area.dtype)
+        first = prep.classes[0]
+        stats = tuple(t[:, first:] for t in (sums.tp, sums.miss + sums.neg_sq, area, boundary_count))
+        return tuple(t.sum(0) for t in stats) if self.batch else stats
 
 
 @register(

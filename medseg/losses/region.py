@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._label_sums import label_squares_path, softmax_label_squares
 from ._prepare import Prepared, SegmentationLoss, apply_class_weight, class_weight_tensor, overlap_stats, reduce
 from .registry import register
 
@@ -694,7 +695,10 @@ class SensitivitySpecificityLoss(_PerClassRegionLoss):
 
     per item and class, then the class mean (and ``weight``). The first term is a soft miss rate
     (1 − sensitivity), the second a soft false-alarm rate (1 − specificity); ``r=0.05`` is the paper's weight.
-    The squared errors split by :math:`g` are not functions of TP/FP/FN, so this loss does its own single pass.
+    The squared errors split by :math:`g` are not functions of TP/FP/FN, so this loss does its own single pass;
+    with a softmax and hard labels it reads the label map instead of a one-hot target (the positives' errors
+    :math:`(1 - p_{il})^2` gathered at each voxel's label, the negatives' :math:`p_{ic}^2` summed with the label's own
+    entry left out, closed-form backward: :func:`~medseg.losses._label_sums.softmax_label_squares`).
     Ignored voxels count neither as positives nor as negatives. ``s_{dr}=1e-5`` only guards empty denominators.
 
     Empty classes: a class absent from the target has no positives, its first term is :math:`0/s_{dr} = 0` and its
@@ -729,12 +733,29 @@ class SensitivitySpecificityLoss(_PerClassRegionLoss):
         self.smooth_dr = float(smooth_dr)
 
     def class_loss(self, prep: Prepared) -> torch.Tensor:
+        if label_squares_path(prep):
+            return self._label_map_class_loss(prep)
         positives = prep.target
         negatives = prep.masked(1.0 - positives)
         squared_error = (positives - prep.masked(prep.probs)).square()
         dims = prep.spatial_dims if not self.batch else [0, *prep.spatial_dims]
         miss = (squared_error * positives).sum(dims) / (positives.sum(dims) + self.smooth_dr)
         false_alarm = (squared_error * negatives).sum(dims) / (negatives.sum(dims) + self.smooth_dr)
+        return self.r * miss + (1.0 - self.r) * false_alarm
+
+    def _label_map_class_loss(self, prep: Prepared) -> torch.Tensor:
+        r"""Softmax and hard labels: the squared errors from the label map (:func:`softmax_label_squares`), the
+        positives' :math:`\sum_{l_i = c} (1 - p_{ic})^2` and the negatives' :math:`\sum_{l_i \ne c} p_{ic}^2`, no
+        one-hot target."""
+        sums = softmax_label_squares(prep)
+        miss, false_alarm, positives = sums.miss, sums.neg_sq, sums.count
+        negatives = positives.sum(1, keepdim=True) - positives  # each voxel that takes part has one label
+        first = prep.classes[0]
+        miss, false_alarm, positives, negatives = (t[:, first:] for t in (miss, false_alarm, positives, negatives))
+        if self.batch:
+            miss, false_alarm, positives, negatives = (t.sum(0) for t in (miss, false_alarm, positives, negatives))
+        miss = miss / (positives + self.smooth_dr)
+        false_alarm = false_alarm / (negatives + self.smooth_dr)
         return self.r * miss + (1.0 - self.r) * false_alarm
 
 
