@@ -740,7 +740,11 @@ class BoundaryDoULoss(_PerClassRegionLoss):
     convolution); s = 1e-5. α adapts to the shape: thin or small objects (most voxels on the boundary) get α near
     −1, where the loss is :math:`1 - 2I / (\sum p^2 + \sum g^2)` (squared Dice), large compact ones approach the
     cap 0.8 (the authors' truncation), which weighs the boundary band. The numerator is
-    :math:`\sum (p - g)^2 + s_{nr}`, 0 at a perfect prediction.
+    :math:`\sum (p - g)^2 + s_{nr}`, 0 at a perfect prediction, and the denominator is computed as
+    :math:`\sum (p - g)^2 + (1 - \alpha_c) I + s_{dr}`. With a softmax and hard labels the sums come from the
+    label map, without a one-hot target (:func:`~medseg.losses._label_sums.softmax_label_squares`: there
+    :math:`\sum (p - g)^2` is the positives' :math:`\sum (1 - p)^2` plus the negatives' :math:`\sum p^2`, no
+    difference of large sums, which keeps float32 exact for confident predictions).
 
     Empty classes: a class absent from the target has α = −1 and :math:`I = 0`, so with the authors' smoothing
     (:math:`s_{nr} = s_{dr} = 10^{-5}`) it scores exactly 1 with no gradient, whatever is predicted (a perfect
