@@ -100,7 +100,7 @@ class _SoftmaxLabelSquares(torch.autograd.Function):
             return _tracked_grad(logits, lab, m, grad_tp, grad_neg, grad_miss), None, None
         with torch.autocast(probs.device.type, enabled=False):
             grad = torch.empty_like(probs)
-            w = (2.0 * grad_neg).unsqueeze(2)
+            w, miss_weight = (2.0 * grad_neg).unsqueeze(2), -2.0 * grad_miss
             step = chunk_voxels(probs)
             for start in range(0, probs.shape[2], step):
                 part = slice(start, start + step)
@@ -108,7 +108,9 @@ class _SoftmaxLabelSquares(torch.autograd.Function):
                 p, out = probs[:, :, part], grad[:, :, part]
                 at_label = p.gather(1, index)  # (B, 1, n)
                 # a_c = w_c p_c off the label, a_l = t̄_l − 2 ē_l (1 − p_l) at it (no w_l p_l to cancel)
-                own = _at(grad_tp, index).addcmul_(_at(grad_miss, index), torch.rsub(at_label, 1.0), value=-2.0)
+                own = torch.rsub(at_label, 1.0).mul_(_at(miss_weight, index))
+                if grads[0] is not None:  # TP is read (Boundary DoU; not the sensitivity-specificity loss)
+                    own.add_(_at(grad_tp, index))
                 a = torch.mul(p, w, out=out).scatter_(1, index, own)
                 shift = (a * p).sum(1, keepdim=True)  # Σ_k p_k a_k
                 a.sub_(shift).mul_(p)  # p (a − Σ p a)
