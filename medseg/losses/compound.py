@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._fused_compound import owns_its_softmax, softmax_overlap_label_log_prob
 from ._prepare import (
     Prepared,
     SegmentationLoss,
@@ -428,20 +429,30 @@ class ExpLogLoss(SegmentationLoss):
     def label_map_loss(self, prep: Prepared, num_classes: int) -> torch.Tensor:
         """The loss per item ``(B,)`` for a softmax and hard labels, without a one-hot target: the Dice term from
         :func:`~medseg.losses._prepare.overlap_stats`'s label-map path, the CE term from the log-probability of
-        each voxel's label (one gather) weighted by its class's :math:`w_l` (0 for a class left out)."""
-        tp, fp, fn = overlap_stats(prep)
+        each voxel's label (one gather) weighted by its class's :math:`w_l` (0 for a class left out). Both from one
+        chunked pass (:func:`~medseg.losses._fused_compound.softmax_overlap_label_log_prob`) unless another term of
+        a shared block has taken the softmax already."""
+        if owns_its_softmax(prep):
+            tp, sum_p, sum_g, log_p = softmax_overlap_label_log_prob(prep)
+            label_counts = sum_g.sum(0).to(tp.dtype)
+            first = prep.classes[0]
+            tp, sum_p, sum_g = tp[:, first:], sum_p[:, first:], sum_g[:, first:].to(tp.dtype)
+            fp, fn = sum_p - tp, sum_g - tp
+        else:
+            tp, fp, fn = overlap_stats(prep)
+            log_p, label_counts = prep.label_log_prob(), None
         dice = (2.0 * tp + self.smooth_nr) / (2.0 * tp + fp + fn + self.smooth_dr)
         dice_term = (-torch.log(dice.clamp_min(_POW_FLOOR))).clamp_min(_POW_FLOOR).pow(self.gamma_dice).mean(1)
 
         if self.class_frequency is not None:
             weights = self.label_weights(prep, num_classes)
         else:
-            counts = prep.label_counts()[prep.classes]
+            counts = (prep.label_counts() if label_counts is None else label_counts)[prep.classes]
             total = prep.voxel_count().sum().to(counts)
             weights = torch.where(counts > 0, total / counts.clamp_min(1), 0.0).sqrt()
         table = torch.zeros(num_classes, dtype=weights.dtype, device=weights.device)
         table[prep.classes] = weights  # a class left out by include_background=False weighs 0
-        neg_log_p = (-prep.label_log_prob()).clamp_min(_POW_FLOOR).pow(self.gamma_ce)
+        neg_log_p = (-log_p).clamp_min(_POW_FLOOR).pow(self.gamma_ce)
         voxel_terms = prep.masked(table[prep.labels].unsqueeze(1) * neg_log_p)
         ce_term = voxel_terms.flatten(1).sum(1) / prep.voxel_count().clamp_min(1)
         return self.weight_dice * dice_term + self.weight_ce * ce_term
@@ -558,16 +569,24 @@ class UnifiedFocalLoss(SegmentationLoss):
 
     def label_map_loss(self, prep: Prepared) -> torch.Tensor:
         """The loss per item ``(B,)`` for a softmax and hard labels, without a one-hot target: the Tversky indices
-        from :func:`~medseg.losses._prepare.overlap_stats`'s label-map path; the focal term, whose only non-zero
-        class per voxel is its label, from that label's log-probability (one gather)."""
-        tp, fp, fn = overlap_stats(prep)
+        from the label map; the focal term, whose only non-zero class per voxel is its label, from that label's
+        log-probability. Both from one chunked pass
+        (:func:`~medseg.losses._fused_compound.softmax_overlap_label_log_prob`) unless another term of a shared
+        block has taken the softmax already (then :func:`~medseg.losses._prepare.overlap_stats` and a gather)."""
+        if owns_its_softmax(prep):
+            tp, sum_p, sum_g, log_p = softmax_overlap_label_log_prob(prep)
+            first = prep.classes[0]
+            tp, sum_p, sum_g = tp[:, first:], sum_p[:, first:], sum_g[:, first:].to(tp.dtype)
+            fp, fn = sum_p - tp, sum_g - tp
+        else:
+            tp, fp, fn = overlap_stats(prep)
+            log_p = prep.label_log_prob()  # (B, 1, *spatial)
         tversky = (tp + self.smooth_nr) / (tp + self.delta * fn + (1.0 - self.delta) * fp + self.smooth_dr)
         miss = 1.0 - tversky
         enhanced = miss.clamp_min(_POW_FLOOR).pow(1.0 - self.gamma)
         background = torch.tensor([c == 0 for c in prep.classes], device=miss.device)
         focal_tversky = torch.where(background.view(1, -1), miss, enhanced).mean(1)
 
-        log_p = prep.label_log_prob()  # (B, 1, *spatial)
         is_background = prep.labels.unsqueeze(1) == 0
         if prep.classes[0] == 0:
             suppressed = (1.0 - self.delta) * (1.0 - log_p.exp()).clamp_min(_POW_FLOOR).pow(self.gamma)
