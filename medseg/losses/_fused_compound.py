@@ -40,7 +40,7 @@ def softmax_overlap_label_log_prob(
 class _SoftmaxOverlapLabelLogProb(torch.autograd.Function):
     r"""Of :math:`p = \mathrm{softmax}(x)`, labels :math:`l` and a mask :math:`m`, per item and class
     :math:`TP_c = \sum_{i: l_i = c} m_i p_{ic}`, :math:`\sum_i m_i p_{ic}`, :math:`\sum_{i: l_i = c} m_i`, and per
-    voxel :math:`\log p_{i l_i}`, chunk by chunk; saves :math:`p`.
+    voxel :math:`\log p_{i l_i}`, chunk by chunk; saves :math:`p` and :math:`p_{il_i}` (its ``exp``: no gather).
 
     Backward, with :math:`\bar t, \bar s` the gradients of TP and Σp and :math:`v_i` that of :math:`\log p_{il_i}`:
     :math:`a_{ic} = m_i(\bar s_c + \bar t_c [l_i = c])` gives
@@ -60,6 +60,7 @@ class _SoftmaxOverlapLabelLogProb(torch.autograd.Function):
             m = None if mask is None else mask.reshape(b, 1, -1).to(x.dtype)
             probs = torch.empty_like(x, memory_format=torch.contiguous_format)
             label_log_p = torch.empty(b, 1, x.shape[2], dtype=x.dtype, device=x.device)
+            label_p = torch.empty_like(label_log_p)  # p of each voxel's label, the exp of its log (no C-wide gather)
             dtype = accumulation_dtype(x.device)
             tp, sum_p, sum_g = (torch.zeros(b, c, dtype=dtype, device=x.device) for _ in range(3))
             step = chunk_voxels(x)
@@ -69,23 +70,23 @@ class _SoftmaxOverlapLabelLogProb(torch.autograd.Function):
                 mk = None if m is None else m[:, :, part]
                 log_p = torch.log_softmax(x[:, :, part], 1)
                 p = torch.exp(log_p, out=probs[:, :, part])
-                torch.gather(log_p, 1, index, out=label_log_p[:, :, part])
+                log_at_label = torch.gather(log_p, 1, index, out=label_log_p[:, :, part])
                 sum_p += (p if mk is None else p * mk).sum(2)
-                at_label = p.gather(1, index)[:, 0]
+                at_label = torch.exp(log_at_label, out=label_p[:, :, part])[:, 0]
                 count = torch.ones_like(at_label) if mk is None else mk[:, 0]
                 if mk is not None:
                     at_label = at_label * count
                 tp.scatter_add_(1, index[:, 0], at_label.to(dtype))
                 sum_g.scatter_add_(1, index[:, 0], count.to(dtype))
         ctx.mark_non_differentiable(sum_g)
-        ctx.save_for_backward(probs, lab, m, logits)
+        ctx.save_for_backward(probs, label_p, lab, m, logits)
         return tp.to(x.dtype), sum_p.to(x.dtype), sum_g, label_log_p
 
     @staticmethod
     def backward(
         ctx: Any, grad_tp: torch.Tensor | None, grad_sum_p: torch.Tensor | None, _: Any, grad_log_p: torch.Tensor | None
     ) -> tuple[torch.Tensor, None, None]:
-        probs, lab, m, logits = ctx.saved_tensors
+        probs, label_p, lab, m, logits = ctx.saved_tensors
         b, c, n = probs.shape
 
         def dense(g: torch.Tensor | None, *shape: int) -> torch.Tensor:
@@ -102,7 +103,7 @@ class _SoftmaxOverlapLabelLogProb(torch.autograd.Function):
                 part = slice(start, start + step)
                 index = lab[:, None, part]
                 p, out, v = probs[:, :, part], grad[:, :, part], grad_log_p[:, :, part]
-                t = p.gather(1, index) * grad_tp.gather(1, index[:, 0]).unsqueeze(1)  # p_l t̄_l
+                t = label_p[:, :, part] * grad_tp.gather(1, index[:, 0]).unsqueeze(1)  # p_l t̄_l
                 shift = torch.matmul(grad_sum_p.unsqueeze(1), p).add_(t)  # Σ_k p_k a_k / m
                 if m is None:
                     torch.mul(p, torch.sub(s, shift.add_(v)), out=out)  # p (s̄ − Σ p a − v)
