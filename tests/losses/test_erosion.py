@@ -145,10 +145,13 @@ def test_gradcheck_with_ignored_voxels(per_voxel, block_bytes):
 
 
 def test_without_grad_no_gradient_is_computed():
-    x, y = torch.randn(1, 3, 8, 8), torch.randint(0, 3, (1, 1, 8, 8))
+    # seeded: about 1 random 8x8 draw in 40 has no error region that survives the first erosion (loss 0, as kornia)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 3, 8, 8, generator=g), torch.randint(0, 3, (1, 1, 8, 8), generator=g)
     with torch.no_grad():
         loss = HausdorffERLoss(softmax=True)(x, y)
     assert loss.grad_fn is None and loss > 0
+    assert loss == HausdorffERLoss(softmax=True)(x.requires_grad_(), y)  # the same value as the differentiable path
 
 
 def peak_bytes(fn) -> int:
