@@ -84,6 +84,16 @@ def test_targets_table_checks_each_loss_against_its_own_target(tmp_path, monkeyp
     assert "target 3d" in capsys.readouterr().out
 
 
+def test_the_cached_heap_is_added_to_glibc_tunables_once(monkeypatch):
+    monkeypatch.setattr(bench_losses.platform, "system", lambda: "Linux")
+    env = bench_losses.cached_heap_env({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert env["PATH"] == "/bin"
+    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{bench_losses.CACHED_HEAP}"  # the user's kept
+    assert bench_losses.cached_heap_env(env) is None  # already set: no second re-run
+    monkeypatch.setattr(bench_losses.platform, "system", lambda: "Darwin")
+    assert bench_losses.cached_heap_env({}) is None  # not glibc
+
+
 def test_the_cpu_clock_leaves_out_time_off_the_cpu():
     logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
 
@@ -103,7 +113,7 @@ def test_a_small_run_writes_every_column_and_a_comparable_file(tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", [*argv, "--clock", "cpu"])
     assert bench_losses.main() == 0
     result = json.loads(out.read_text())
-    assert result["meta"]["clock"] == "cpu"
+    assert result["meta"]["clock"] == "cpu" and result["meta"]["heap"] in {"cached", "default"}
     rows = {row["loss"]: row for row in result["rows"]}
     for row in rows.values():
         assert row["ms"] > 0 and row["x_ce"] > 0 and row["peak_mb"] > 0 and row["ce_peak_mb"] > 0
