@@ -140,19 +140,23 @@ def _sort_rows(keys: torch.Tensor, weighted: torch.Tensor, counts: list[int]) ->
     return sorted_keys, order
 
 
-def _row_weights(foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+def _row_weights(
+    foreground: torch.Tensor, totals: torch.Tensor, ranks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The weights :math:`J_k - J_{k-1}` of the head ``(rows, M)`` of rows in sorted order, in closed form, free of
-    the cancellation of differencing :math:`J`; ``foreground`` is the sorted 0/1 indicator and ``totals`` =
-    :math:`|F|` per row ``(rows, 1)``, both in a float type that holds the counts exactly. With :math:`a_k`
-    foreground and :math:`b_k` other voxels among the first k, a foreground voxel adds :math:`1 / (|F| + b_k)`,
-    another voxel :math:`(|F| - a_k) / ((|F| + b_k - 1)(|F| + b_k))`; a row without foreground weighs its first voxel
-    1 (its Jaccard loss is a 0/1 step). The two cases are blended as :math:`w_o (1 - g) + w_f g` (exact for 0/1
-    :math:`g`), as fast as a select with an unpredictable mask is not."""
+    the cancellation of differencing :math:`J`; ``foreground`` is the sorted 0/1 indicator, ``totals`` =
+    :math:`|F|` per row ``(rows, 1)`` and ``ranks`` = 1, 2, ... (at least M of them), all in a float type that holds
+    the counts exactly. With :math:`a_k` foreground and :math:`b_k` other voxels among the first k, a foreground
+    voxel adds :math:`1 / (|F| + b_k)`, another voxel :math:`(|F| - a_k) / ((|F| + b_k - 1)(|F| + b_k))`; a row
+    without foreground weighs its first voxel 1 (its Jaccard loss is a 0/1 step). The two cases are blended as
+    :math:`w_o (1 - g) + w_f g` (exact for 0/1 :math:`g`), as fast as a select with an unpredictable mask is not.
+    Returns the weights and :math:`1 / (|F| + b_k)`."""
     a = foreground.cumsum(1)
-    union = torch.arange(1, a.shape[1] + 1, dtype=a.dtype, device=a.device) - a + totals  # |F| + b_k
+    union = ranks[: a.shape[1]] - a + totals  # |F| + b_k
     other = (totals - a) / (union * (union - 1))  # union - 1 >= |F| >= 1 after a non-foreground voxel
     other[:, :1].nan_to_num_(nan=1.0)  # 0/0 only at the first voxel: without foreground (else a foreground voxel)
-    return other.mul_(1.0 - foreground).addcmul_(union.reciprocal_(), foreground)
+    inverse = union.reciprocal_()
+    return other.mul_(1.0 - foreground).addcmul_(inverse, foreground), inverse
 
 
 def _weighted_voxels(errors: torch.Tensor, foreground: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
@@ -168,14 +172,16 @@ def _weighted_voxels(errors: torch.Tensor, foreground: torch.Tensor, totals: tor
 
 
 def _block_terms(
-    errors: torch.Tensor, foreground: torch.Tensor, kind: str
+    errors: torch.Tensor, foreground: torch.Tensor, kind: str, ranks: dict[torch.dtype, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A block's per-row losses (float64), foreground counts, and for the backward the order of its weighted head
     ``(rows, M)`` with the weights, negated on foreground voxels (where the error falls as the value rises).
 
     Each row is sorted whole, or only its weighted voxels when they are few (:func:`_sort_rows`); the weights
     J_k - J_{k-1} come in closed form (:func:`_row_weights`), zero past the row's weighted voxels
-    (:func:`_weighted_voxels`). Counts and weights are float32 where that is exact.
+    (:func:`_weighted_voxels`). Counts and weights are float32 where that is exact. ``ranks`` caches 1, 2, ..., L
+    per float type for the blocks of one call (an ``arange`` is a slow pass). The sorted foreground is read by a
+    per-row ``index_select`` as bytes (faster than a ``gather`` and a bool conversion).
     """
     rows, length = errors.shape
     totals = torch.count_nonzero(foreground, 1)  # several times faster than a bool sum
@@ -186,15 +192,23 @@ def _block_terms(
     head = max(counts, default=0)
     sorted_errors, order = _errors_of_keys(sorted_keys[:, :head], errors.dtype), order[:, :head]
     exact = torch.float32 if length < 2**24 and errors.dtype != torch.float64 else torch.float64  # |F| + b_k <= length
-    sorted_foreground = foreground.gather(1, order).to(exact)
-    weight = _row_weights(sorted_foreground, totals.unsqueeze(1).to(exact))
+    foreground_bytes = foreground.view(torch.uint8)
+    sorted_bytes = foreground_bytes.new_empty(order.shape)
+    for row in range(rows):
+        torch.index_select(foreground_bytes[row], 0, order[row], out=sorted_bytes[row])
+    sorted_foreground = sorted_bytes.to(exact)
+    if exact not in ranks or ranks[exact].shape[0] < head:
+        ranks[exact] = torch.arange(1, length + 1, dtype=exact, device=errors.device)
+    weight, inverse = _row_weights(sorted_foreground, totals.unsqueeze(1).to(exact), ranks[exact])
+    if kind != "errors":  # w - 2 g / (|F| + b_k): -w on foreground voxels (there w = 1 / (|F| + b_k)), exactly
+        signed = torch.addcmul(weight, inverse, sorted_foreground, value=-2.0)
     for row, count in enumerate(counts):
         weight[row, count:] = 0.0
+        if kind != "errors":
+            signed[row, count:] = 0.0
     weight = weight.to(errors.dtype)
     losses = torch.bmm(sorted_errors.double().unsqueeze(1), weight.double().unsqueeze(2)).view(rows)  # float64 sums
-    if kind != "errors":
-        weight.mul_(sorted_foreground.mul(-2.0).add_(1.0))  # -w on foreground voxels
-    return losses, totals, order, weight
+    return losses, totals, order, weight if kind == "errors" else signed.to(errors.dtype)
 
 
 class _LovaszRows(torch.autograd.Function):
@@ -213,13 +227,13 @@ class _LovaszRows(torch.autograd.Function):
         shape = (batch if per_image else 1, classes)
         losses = values.new_zeros(shape)
         totals = torch.zeros(shape, dtype=torch.int64, device=values.device)
-        blocks, saved = _blocks(batch, classes, size, per_image), []
+        blocks, saved, ranks = _blocks(batch, classes, size, per_image), [], {}
         for b0, b1, c0, c1 in blocks:
             foreground = _block_foreground(target, labels, class_ids, valid, (b0, b1, c0, c1), per_image)
             block_valid = None if valid is None else valid[b0:b1]
             errors = _block_errors(values[b0:b1, c0:c1], foreground, block_valid, per_image, kind)
             out = (slice(b0, b1) if per_image else slice(0, 1), slice(c0, c1))
-            row_losses, row_totals, order, weight = _block_terms(errors, foreground, kind)
+            row_losses, row_totals, order, weight = _block_terms(errors, foreground, kind, ranks)
             losses[out] = row_losses.view(losses[out].shape)
             totals[out] = row_totals.view(totals[out].shape)
             saved += [order, weight]
