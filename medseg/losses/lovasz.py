@@ -166,12 +166,21 @@ def _weighted_voxels(errors: torch.Tensor, foreground: torch.Tensor, totals: tor
     """The voxels with a weight, ``(rows, L)`` bool: those with a positive error at least the smallest foreground
     error (the others come after every foreground voxel in the order, where the Jaccard loss no longer changes, or
     have error 0); without foreground those with the largest error, if positive (the first of them weighs 1)."""
-    threshold = torch.where(foreground, errors, torch.inf).amin(1)
+    big = torch.finfo(errors.dtype).max  # errors + (1 - g) big: the errors of the foreground, others above them
+    penalty = foreground.view(torch.uint8).to(errors.dtype).mul_(-big).add_(big)  # no select (slow on a mixed mask)
+    threshold = torch.add(errors, penalty).amin(1)
     empty = totals == 0
     if bool(empty.any()):
         threshold = torch.where(empty, errors.amax(1), threshold)
     tiny = torch.finfo(errors.dtype).smallest_normal * torch.finfo(errors.dtype).eps  # the smallest positive value
     return errors >= threshold.clamp_min_(tiny).unsqueeze(1)
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """The true entries of each row of a bool ``(rows, L)`` mask, int64: a sum of its bytes in int32 (several times
+    faster than ``count_nonzero`` or a bool sum)."""
+    dtype = torch.int32 if mask.shape[1] < 2**31 else torch.int64
+    return mask.view(torch.uint8).sum(1, dtype=dtype).long()
 
 
 def _block_terms(
@@ -187,9 +196,9 @@ def _block_terms(
     per-row ``index_select`` as bytes (faster than a ``gather`` and a bool conversion).
     """
     rows, length = errors.shape
-    totals = torch.count_nonzero(foreground, 1)  # several times faster than a bool sum
+    totals = _count(foreground)
     weighted = _weighted_voxels(errors, foreground, totals)
-    counts = torch.count_nonzero(weighted, 1)
+    counts = _count(weighted)
     counts = torch.where(totals > 0, counts, counts.clamp_max(1)).tolist()
     sorted_keys, order = _sort_rows(_sort_keys(errors), weighted, counts)
     head = max(counts, default=0)
