@@ -255,6 +255,31 @@ def test_blocks_of_rows_match_the_dense_reference(block, per_image, prune, monke
         torch.testing.assert_close(grad, reference_grad, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 257])
+def test_label_maps_beyond_a_byte_match_the_dense_reference(ignore_index):
+    # label maps that fit a byte are compared as bytes; these do not (257 would wrap onto class 1), so they keep
+    # their type: the ignored voxels still take no part
+    g = torch.Generator().manual_seed(23)
+    logits = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 6, 5), generator=g)
+    labels[0, 0, :2] = ignore_index
+    for ours, reference in (
+        (
+            LovaszSoftmaxLoss(per_image=True, ignore_index=ignore_index),
+            dense_lovasz_softmax(logits.softmax(1), labels, True, ignore_index),
+        ),
+        (
+            LovaszHingeLoss(ignore_index=ignore_index),
+            dense_lovasz_hinge(logits, labels, True, ignore_index),
+        ),
+    ):
+        value = ours(logits, labels)
+        (grad,) = torch.autograd.grad(value, logits)
+        (reference_grad,) = torch.autograd.grad(reference, logits)
+        assert abs(value.item() - reference.item()) < 1e-12, type(ours).__name__
+        torch.testing.assert_close(grad, reference_grad, atol=1e-12, rtol=0)
+
+
 def test_a_label_map_builds_no_one_hot_target(monkeypatch):
     # the foreground of each row comes from the labels: the one-hot (B, C, ...) target is never built
     def no_target(self):
