@@ -197,7 +197,8 @@ class BoundaryAwareLoss(SegmentationLoss):
             if prep.mask is not None:
                 terms = terms * prep.mask.unsqueeze(2)
             return terms.flatten(1, 2)
-        total = _BinCrossEntropySum.apply(logits, levels, prep.mask)
+        grad_ahead = torch.is_grad_enabled() and logits.requires_grad
+        total = _BinCrossEntropySum.apply(logits, levels, prep.mask, grad_ahead)
         if self.reduction == "sum":
             return total
         return total / (prep.voxel_count().sum() * logits.shape[1] * self.num_bins).clamp_min(1)
@@ -224,12 +225,19 @@ class _BinCrossEntropySum(torch.autograd.Function):
     logit of each voxel's own bin (none for bin 0), and the gradient :math:`m\,(\sigma(z) - t)` is one sigmoid with
     1 subtracted at each voxel's own bin. ``logits`` ``(B, C', K, *S)``, ``levels`` ``(B, C', *S)`` bins 0..K,
     ``mask`` ``(B, 1, *S)`` or ``None``. Worked in spatial chunks of about ``_CHUNK`` logits: the temporaries stay
-    small (and in cache); the gradient is the only ``C·K``-wide tensor allocated.
+    small (and in cache); the gradient is the only ``C·K``-wide tensor allocated. With ``grad_ahead`` (a graph is
+    being recorded) the forward also writes the gradient, chunk by chunk while its logits are in cache and with
+    each chunk's own-bin indices made once; the first backward scales it in place and hands it over, a second one
+    (``retain_graph``) computes it afresh.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, logits: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor | None, grad_ahead: bool
+    ) -> torch.Tensor:
         ctx.save_for_backward(logits, levels, mask)
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if grad_ahead else None
+        grad_chunks = iter(()) if grad is None else _bin_chunks(grad, levels, mask)
         total = logits.new_zeros(())
         zero = logits.new_zeros(())
         buffer = None
@@ -240,17 +248,26 @@ class _BinCrossEntropySum(torch.autograd.Function):
             softplus = torch.logaddexp(x, zero, out=buffer[..., : x.shape[-1]])  # log(1 + e^z), one buffer reused
             per_voxel = softplus.sum(1).sub_(x.gather(1, own).squeeze(1).mul_(has_bin)).sum(0)
             total += per_voxel.sum() if known is None else per_voxel.dot(known[0])
+            if grad is not None:
+                g = torch.sigmoid(x, out=next(grad_chunks)[0])
+                g.scatter_add_(1, own, has_bin.neg_().unsqueeze(1))
+                if known is not None:
+                    g.mul_(known.unsqueeze(1))
+        ctx.grad = grad
         return total
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        grad, ctx.grad = ctx.grad, None
+        if grad is not None:
+            return grad.mul_(grad_output), None, None, None
         logits, levels, mask = ctx.saved_tensors
         grad = torch.sigmoid(logits)
         for g, level, known in _bin_chunks(grad, levels, mask):
             own, has_bin = _own_bin(level, g.dtype)
             g.scatter_add_(1, own, has_bin.neg_().unsqueeze(1))
             g.mul_(grad_output if known is None else grad_output * known.unsqueeze(1))
-        return grad, None, None
+        return grad, None, None, None
 
 
 _CHUNK = 1 << 18

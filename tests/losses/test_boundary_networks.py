@@ -144,8 +144,26 @@ def test_boundary_aware_bin_cross_entropy_passes_gradcheck():
     logits = torch.randn(2, 2, 3, 4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     levels = torch.randint(0, 4, (2, 2, 4, 5), generator=generator).double()
     mask = (torch.rand(2, 1, 4, 5, generator=generator) > 0.3).double()
-    assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, mask))
-    assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, None))
+    for grad_ahead in (True, False):  # the gradient written in the forward, or computed in the backward
+        assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, mask, grad_ahead))
+        assert torch.autograd.gradcheck(_BinCrossEntropySum.apply, (logits, levels, None, grad_ahead))
+
+
+def test_boundary_aware_gradient_written_ahead_survives_a_second_backward(monkeypatch):
+    import medseg.losses.boundary_networks as module
+
+    monkeypatch.setattr(module, "_CHUNK", 97)
+    generator = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 3, (2, 1, 9, 8), generator=generator)
+    labels[0, 0, :2] = 255
+    logits = (4 * torch.randn(2, 3 * 4, 9, 8, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    value = BoundaryAwareLoss(4, 3.0, ignore_index=255)(logits, labels)
+    first = torch.autograd.grad(3 * value, logits, retain_graph=True)[0]  # the one written in the forward
+    second = torch.autograd.grad(2 * value, logits)[0]  # computed afresh
+    dense = dense_boundary_aware(logits, labels, 4, 3.0, ignore_index=255)
+    (expected,) = torch.autograd.grad(dense, logits)
+    torch.testing.assert_close(first, 3 * expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(second, 2 * expected, rtol=1e-12, atol=1e-15)
 
 
 def test_boundary_aware_peak_memory_is_about_one_gradient(monkeypatch):
