@@ -15,19 +15,24 @@ import torch
 @torch.no_grad()
 def forward_divergences(log_probs: torch.Tensor) -> list[torch.Tensor]:
     r""":math:`\mathrm{KL}(p_x \| p_{x + e_a}) = \sum_c p_{xc} (\log p_{xc} - \log p_{x + e_a, c})` for each axis a,
-    ``(B, *spatial)`` with that axis one shorter, from log-probabilities ``(B, C, *spatial)``."""
+    ``(B, *spatial)`` with that axis one shorter, from log-probabilities ``(B, C, *spatial)``; computed as the
+    voxel's negentropy :math:`\sum_c p_{xc} \log p_{xc}` minus :math:`\sum_c p_{xc} \log p_{x + e_a, c}` (one pass per
+    class and axis instead of a subtraction and a product)."""
     batch, classes, *spatial = log_probs.shape
     out = []
     for axis, size in enumerate(spatial):
         shape = [batch, *spatial]
         shape[1 + axis] = size - 1
         out.append(log_probs.new_zeros(shape))
+    negentropy = log_probs.new_zeros(batch, *spatial)
     for c in range(classes):
         plane = log_probs[:, c]
         probs = plane.exp()
+        negentropy.addcmul_(probs, plane)
         for axis, size in enumerate(spatial):
-            here, ahead = plane.narrow(1 + axis, 0, size - 1), plane.narrow(1 + axis, 1, size - 1)
-            out[axis].addcmul_(probs.narrow(1 + axis, 0, size - 1), here - ahead)
+            out[axis].addcmul_(probs.narrow(1 + axis, 0, size - 1), plane.narrow(1 + axis, 1, size - 1), value=-1)
+    for axis, size in enumerate(spatial):
+        out[axis].add_(negentropy.narrow(1 + axis, 0, size - 1))
     return out
 
 
@@ -37,17 +42,25 @@ class NeighbourDivergence(torch.autograd.Function):
     ``forward(centre, log_probs, neighbours, counts)``: ``centre`` ``(M, C)`` log-probabilities of the centres (the
     gradient flows to them), ``log_probs`` ``(B, C, *spatial)`` contiguous, detached (the neighbours are constants),
     ``neighbours`` ``(M, K)`` voxel indices of the neighbours within their item (flat over ``spatial``), the rows
-    sorted by item with ``counts[b]`` rows for item b. Returns ``(M, K)``. Backward:
+    sorted by item with ``counts[b]`` rows for item b. Returns ``(M, K)``, computed as
+    :math:`\sum_c p_{nc} \log p_{nc} - \sum_c p_{nc} \log p_{xc}` (the first sum once per voxel, exp once per voxel,
+    not per pair; ``index_select`` gathers, faster than ``take`` on CPU). Backward:
     :math:`\partial / \partial \log p_{xc} = -\sum_n g_n p_{nc}`, the neighbours' probabilities gathered again.
     """
 
     @staticmethod
     def forward(ctx, centre, log_probs, neighbours, counts):
-        out = centre.new_zeros(neighbours.shape)
+        out = centre.new_empty(neighbours.shape)
         for rows, plane in _planes(log_probs, counts):
+            probs = plane.exp()  # one exp per voxel instead of one per (centre, neighbour) pair
+            negentropy = torch.zeros_like(plane[0])
             for c in range(log_probs.shape[1]):
-                values = plane[c].take(neighbours[rows])
-                out[rows].addcmul_(values.exp(), values.sub_(centre[rows, c : c + 1]))
+                negentropy.addcmul_(probs[c], plane[c])
+            index = neighbours[rows].flatten()  # index_select: faster than take on CPU, same values
+            block = out[rows]
+            torch.index_select(negentropy, 0, index, out=block.view(-1))
+            for c in range(log_probs.shape[1]):
+                block.addcmul_(probs[c].index_select(0, index).view_as(block), centre[rows, c : c + 1], value=-1)
         ctx.save_for_backward(centre, log_probs, neighbours)
         ctx.counts = counts
         return out
@@ -62,9 +75,11 @@ class NeighbourDivergence(torch.autograd.Function):
             return torch.autograd.grad(dense, centre, grad, create_graph=True)[0], None, None, None
         grad_centre = grad.new_empty(log_probs.shape[1], grad.shape[0])  # class-major rows, transposed at the end
         for rows, plane in _planes(log_probs, ctx.counts):
+            probs = plane.exp()
+            index = neighbours[rows].flatten()
             for c in range(log_probs.shape[1]):
-                probs = plane[c].take(neighbours[rows]).exp_()
-                torch.linalg.vecdot(grad[rows], probs, out=grad_centre[c, rows]).neg_()
+                around = probs[c].index_select(0, index).view(grad[rows].shape)
+                torch.linalg.vecdot(grad[rows], around, out=grad_centre[c, rows]).neg_()
         return grad_centre.t(), None, None, None
 
 

@@ -84,3 +84,24 @@ def test_detached_neighbours_score_as_the_dense_path(spatial, reduction):
     fast = ActiveBoundaryLoss(detach_neighbours=True, **options)(x, y)
     dense = ActiveBoundaryLoss(detach_neighbours=False, **options)(x, y)
     assert fast.abs().sum() > 0 and torch.allclose(fast, dense, atol=1e-14)
+
+
+@pytest.mark.parametrize("spatial", [(6, 5), (4, 5, 3)], ids=["2d", "3d"])
+def test_float32_divergences_of_near_equal_distributions_stay_accurate(spatial):
+    # both are computed as Σ p log p − Σ p log q (the negentropy gathered once per voxel): with peaked, almost equal
+    # distributions the two sums nearly cancel; the float32 result must still match the float64 dense KL closely
+    g = torch.Generator().manual_seed(5)
+    logits = 8 * torch.randn(2, 4, *[1] * len(spatial), generator=g, dtype=torch.float64)
+    lp64 = torch.log_softmax(logits + 1e-3 * torch.randn(2, 4, *spatial, generator=g, dtype=torch.float64), 1)
+    lp32 = lp64.float()
+    for axis, ours in enumerate(forward_divergences(lp32)):
+        size = spatial[axis]
+        here, ahead = lp64.narrow(2 + axis, 0, size - 1), lp64.narrow(2 + axis, 1, size - 1)
+        assert torch.allclose(ours.double(), (here.exp() * (here - ahead)).sum(1), atol=2e-6)
+    _, centres, neighbours, counts = neighbour_case(spatial, seed=6)
+    item = torch.repeat_interleave(torch.arange(2), torch.tensor(counts))
+    centre64 = lp64.flatten(2)[item, :, centres]
+    nbr = lp64.flatten(2)[item.unsqueeze(1), :, neighbours]
+    dense = (nbr.exp() * (nbr - centre64.unsqueeze(1))).sum(-1)
+    ours = NeighbourDivergence.apply(centre64.float(), lp32.contiguous(), neighbours, counts)
+    assert dense.abs().max() < 1e-4 and torch.allclose(ours.double(), dense, atol=2e-6)
