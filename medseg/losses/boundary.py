@@ -639,14 +639,17 @@ class ActiveBoundaryLoss(_MapLoss):
         return torch.where(lower_suffices, lower, threshold)
 
     @torch.no_grad()
-    def predicted_boundary(self, log_probs: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
+    def predicted_boundary(
+        self, log_probs: torch.Tensor, known: torch.Tensor | None, probs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The dilated predicted boundary ``(B, *spatial)`` (bool) from log-probabilities ``(B, C, *spatial)``.
 
-        ``known``: ``(B, *spatial)`` bool, False at ignored voxels (they neither make nor join a boundary).
+        ``known``: ``(B, *spatial)`` bool, False at ignored voxels (they neither make nor join a boundary); ``probs``:
+        ``log_probs.exp()`` where the caller has it.
         """
         spatial = log_probs.shape[2:]
         strength = torch.zeros(log_probs.shape[0], *spatial, dtype=log_probs.dtype, device=log_probs.device)
-        for axis, (size, divergence) in enumerate(zip(spatial, forward_divergences(log_probs), strict=True)):
+        for axis, (size, divergence) in enumerate(zip(spatial, forward_divergences(log_probs, probs), strict=True)):
             if known is not None:
                 divergence = divergence * (known.narrow(1 + axis, 0, size - 1) & known.narrow(1 + axis, 1, size - 1))
             strength.narrow(1 + axis, 0, size - 1).add_(divergence)
@@ -670,7 +673,10 @@ class ActiveBoundaryLoss(_MapLoss):
         log_probs = prep.log_probs
         batch, classes, *spatial = log_probs.shape
         known = None if prep.mask is None else prep.mask[:, 0] > 0
-        boundary = self.predicted_boundary(log_probs.detach(), known)
+        source = log_probs.detach().contiguous()
+        # detached neighbours: the probabilities once, for the boundary and the neighbours' KL and its backward
+        probs = source.exp() if self.detach_neighbours else None
+        boundary = self.predicted_boundary(source, known, probs)
 
         # distance to the target boundary from each voxel's own class map; never a target: patch edge, ignored voxels
         distance = -signed.gather(1, prep.labels.unsqueeze(1))[:, 0]
@@ -703,8 +709,7 @@ class ActiveBoundaryLoss(_MapLoss):
             # neighbours read class by class where they lie; one outside the patch reads the centre (KL 0)
             neighbour_voxel = torch.where(inside, centre_voxel + (steps * voxel_strides).sum(1), centre_voxel)
             counts = torch.bincount(centres[:, 0], minlength=batch).tolist()
-            source = log_probs.detach().contiguous()
-            divergence = NeighbourDivergence.apply(centre_log_probs, source, neighbour_voxel, counts)
+            divergence = NeighbourDivergence.apply(centre_log_probs, source, probs, neighbour_voxel, counts)
         else:
             padded_log_probs = F.pad(log_probs, padding).movedim(1, -1).reshape(-1, classes)
             neighbour_log_probs = padded_log_probs[neighbour_index]

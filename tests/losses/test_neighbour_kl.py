@@ -24,11 +24,11 @@ def log_probs(shape, seed):
 @pytest.mark.parametrize("spatial", [(7, 6), (5, 4, 6)], ids=["2d", "3d"])
 def test_forward_divergences_are_the_dense_kl_along_each_axis(spatial):
     lp = log_probs((2, 4, *spatial), seed=1)
-    for axis, ours in enumerate(forward_divergences(lp)):
+    for axis, (ours, given) in enumerate(zip(forward_divergences(lp), forward_divergences(lp, lp.exp()), strict=True)):
         size = spatial[axis]
         here, ahead = lp.narrow(2 + axis, 0, size - 1), lp.narrow(2 + axis, 1, size - 1)
         dense = (here.exp() * (here - ahead)).sum(1)
-        assert torch.allclose(ours, dense, atol=1e-14)
+        assert torch.allclose(ours, dense, atol=1e-14) and torch.allclose(given, dense, atol=1e-14)
 
 
 def neighbour_case(spatial, seed):
@@ -52,7 +52,7 @@ def test_neighbour_divergence_matches_the_dense_gather_and_its_gradient(spatial)
     item = torch.repeat_interleave(torch.arange(2), torch.tensor(counts))
     flat = lp.flatten(2)  # (B, C, N)
     centre = flat[item, :, centres].clone().requires_grad_(True)  # (M, C)
-    ours = NeighbourDivergence.apply(centre, lp, neighbours, counts)
+    ours = NeighbourDivergence.apply(centre, lp, lp.exp(), neighbours, counts)
     nbr = flat[item.unsqueeze(1), :, neighbours]  # (M, K, C), constants
     dense = (nbr.exp() * (nbr - centre.unsqueeze(1))).sum(-1)
     assert torch.allclose(ours, dense, atol=1e-14)
@@ -60,8 +60,11 @@ def test_neighbour_divergence_matches_the_dense_gather_and_its_gradient(spatial)
     (grad_ours,) = torch.autograd.grad(ours, centre, upstream)
     (grad_dense,) = torch.autograd.grad(dense, centre, upstream)
     assert torch.allclose(grad_ours, grad_dense, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda c: NeighbourDivergence.apply(c, lp, neighbours, counts), (centre,))
-    assert torch.autograd.gradgradcheck(lambda c: NeighbourDivergence.apply(c, lp, neighbours, counts), (centre,))
+    probs = lp.exp()
+    assert torch.autograd.gradcheck(lambda c: NeighbourDivergence.apply(c, lp, probs, neighbours, counts), (centre,))
+    assert torch.autograd.gradgradcheck(
+        lambda c: NeighbourDivergence.apply(c, lp, probs, neighbours, counts), (centre,)
+    )
 
 
 @pytest.mark.parametrize("spatial", [(6, 7), (4, 5, 3)], ids=["2d", "3d"])
@@ -103,5 +106,5 @@ def test_float32_divergences_of_near_equal_distributions_stay_accurate(spatial):
     centre64 = lp64.flatten(2)[item, :, centres]
     nbr = lp64.flatten(2)[item.unsqueeze(1), :, neighbours]
     dense = (nbr.exp() * (nbr - centre64.unsqueeze(1))).sum(-1)
-    ours = NeighbourDivergence.apply(centre64.float(), lp32.contiguous(), neighbours, counts)
+    ours = NeighbourDivergence.apply(centre64.float(), lp32, lp32.exp(), neighbours, counts)
     assert dense.abs().max() < 1e-4 and torch.allclose(ours.double(), dense, atol=2e-6)
