@@ -563,8 +563,9 @@ class ActiveBoundaryLoss(_MapLoss):
     capped at 1 % of a single image), in closed form instead of a loop; the patch edge and ignored voxels are never
     direction targets and their KL entry is 0; the distance is to the two-sided boundary layer from the cached map.
 
-    The KL divergences are computed class by class where each class plane lies (no channel-last, padded or
-    probability copy of the batch); with detached neighbours their probabilities are gathered again in the backward
+    The KL divergences are computed class by class where each class plane lies (no channel-last or padded copy of
+    the batch); with detached neighbours the batch's probabilities are exponentiated once per step
+    (shared by the boundary strength and the neighbour KL) and the neighbours' values gathered again in the backward
     instead of kept (:mod:`medseg.losses._neighbour_kl`): peak memory about that of a cross-entropy step.
 
     Returns 0 (a tensor connected to the input, not ``None``) when there is no predicted boundary. ``reduction``:
