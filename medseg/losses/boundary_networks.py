@@ -290,7 +290,7 @@ def _bin_chunks(
 
 def _own_bin(level: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Index ``(C', 1, s)`` of each voxel's own bin channel (0 for bin 0) and ``(C', s)`` 1 where it has one."""
-    return (level.long() - 1).clamp_min_(0).unsqueeze(1), (level > 0).to(dtype)
+    return level.long().sub_(1).clamp_min_(0).unsqueeze(1), level.clamp_max(1).to(dtype)  # bins are integers >= 0
 
 
 def _planes(x: torch.Tensor) -> torch.Tensor:

@@ -685,3 +685,20 @@ def test_benchmark_gives_features_and_bins_of_the_bundles_networks(monkeypatch):
     monkeypatch.setitem(bench_losses.WORKLOADS, "2d", (2, 3, 24, 24))
     table = bench_losses.bench_workload((2, 3, 24, 24), ["conditional_boundary", "boundary_aware"], 1, "cpu", False)
     assert (table["x_ce"] > 0).all() and list(table.index) == ["conditional_boundary", "boundary_aware"]
+
+
+def test_boundary_aware_takes_an_integer_bin_map():
+    """A cached map stored as uint8 bins gives the float map's value and gradient (bin 0 stays 'no bin')."""
+    generator = torch.Generator().manual_seed(8)
+    labels = torch.randint(0, 3, (2, 1, 9, 8), generator=generator)
+    logits = torch.randn(2, 12, 9, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    onehot = one_hot(labels, 3)
+    bins = distance_maps(onehot, "quantized", truncation=3.0, bins=4)
+    loss = BoundaryAwareLoss(4, 3.0)
+    as_float = loss(logits, labels, dist=bins)
+    (float_grad,) = torch.autograd.grad(as_float, logits)
+    as_bytes = loss(logits, labels, dist=bins.to(torch.uint8))
+    (byte_grad,) = torch.autograd.grad(as_bytes, logits)
+    dense = dense_boundary_aware(logits, labels, 4, 3.0)
+    assert as_bytes.item() == pytest.approx(dense.item(), rel=1e-12) and as_float.item() == as_bytes.item()
+    torch.testing.assert_close(byte_grad, float_grad, rtol=0, atol=0)
