@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ._prepare import Prepared, accumulation_dtype, chunk_voxels
+from ._prepare import Prepared, accumulation_dtype, chunk_voxels, dense_softmax_onehot, through_softmax
 
 
 def owns_its_softmax(prep: Prepared) -> bool:
@@ -124,11 +124,8 @@ def _tracked_grad(
     grad_log_p: torch.Tensor,
 ) -> torch.Tensor:
     """:class:`_SoftmaxOverlapLabelLogProb`'s gradient in tracked ops (dense), for higher derivatives."""
-    b, c = logits.shape[:2]
-    p = torch.softmax(logits.reshape(b, c, -1), 1)
-    onehot = torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
+    p, onehot = dense_softmax_onehot(logits, lab)
     a = grad_sum_p.unsqueeze(2) + grad_tp.unsqueeze(2) * onehot
     if m is not None:
         a = a * m
-    grad = p * (a - (p * a).sum(1, keepdim=True) - grad_log_p) + grad_log_p * onehot
-    return grad.reshape(logits.shape)
+    return through_softmax(p, a, onehot, grad_log_p).reshape(logits.shape)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._prepare import Prepared, accumulation_dtype, chunk_voxels
+from ._prepare import Prepared, accumulation_dtype, chunk_voxels, dense_softmax_onehot, through_softmax
 
 
 class LabelSquares(NamedTuple):
@@ -133,12 +133,9 @@ def _tracked_grad(
     grad_miss: torch.Tensor,
 ) -> torch.Tensor:
     """:class:`_SoftmaxLabelSquares`' gradient in tracked ops (dense, for higher derivatives)."""
-    b, c = logits.shape[:2]
-    p = torch.softmax(logits.reshape(b, c, -1), 1)
-    onehot = torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
+    p, onehot = dense_softmax_onehot(logits, lab)
     a = 2.0 * grad_neg.unsqueeze(2) * p * (1 - onehot)
     a = a + onehot * (grad_tp.unsqueeze(2) - 2.0 * grad_miss.unsqueeze(2) * (1 - p))
     if m is not None:
         a = a * m
-    grad = p * (a - (p * a).sum(1, keepdim=True))
-    return grad.reshape(logits.shape)
+    return through_softmax(p, a, onehot).reshape(logits.shape)

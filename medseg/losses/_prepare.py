@@ -479,6 +479,25 @@ def _label_sums_backward(ctx: Any, grads: tuple[torch.Tensor | None, ...]) -> to
     return grad.reshape(logits.shape)
 
 
+def dense_softmax_onehot(logits: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(B, C, N)`` softmax of ``(B, C, *spatial)`` logits and the one-hot of the ``(B, N)`` labels, in tracked
+    ops: the start of every fused pass's dense gradient twin (used under ``create_graph``)."""
+    b, c = logits.shape[:2]
+    p = torch.softmax(logits.reshape(b, c, -1), 1)
+    return p, torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
+
+
+def through_softmax(
+    p: torch.Tensor, a: torch.Tensor, onehot: torch.Tensor, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""The gradient on the logits of :math:`\sum a_{ic} p_{ic} + \sum u_i \log p_{il_i}` (``a`` the gradient on the
+    probabilities, ``u`` on each voxel's label log-probability, channels on dim 1):
+    :math:`p_{ic}(a_{ic} - \sum_k p_{ik} a_{ik} - u_i) + u_i [l_i = c]`."""
+    if u is None:
+        return p * (a - (p * a).sum(1, keepdim=True))
+    return p * (a - (p * a).sum(1, keepdim=True) - u) + u * onehot
+
+
 def _tracked_label_sums_grad(
     logits: torch.Tensor,
     lab: torch.Tensor,
@@ -491,17 +510,14 @@ def _tracked_label_sums_grad(
 ) -> torch.Tensor:
     """:class:`_SoftmaxLabelSums`' closed-form gradient in tracked ops on :math:`p` recomputed from the logits (dense,
     for higher derivatives)."""
-    b, c = logits.shape[:2]
-    p = torch.softmax(logits.reshape(b, c, -1), 1)
-    onehot = torch.zeros_like(p).scatter_(1, lab.unsqueeze(1), 1.0)
+    p, onehot = dense_softmax_onehot(logits, lab)
     inside = (p <= floor).to(p.dtype) * (1 - onehot)
     a = grad_sum_p.unsqueeze(2) + grad_tp.unsqueeze(2) * onehot
     a = a - grad_neg.unsqueeze(2) * inside / (1 - p.clamp(max=floor))
     u = (grad_pos.unsqueeze(2) * onehot).sum(1, keepdim=True)
     if m is not None:
         a, u = a * m, u * m
-    grad = p * (a - (p * a).sum(1, keepdim=True) - u) + u * onehot
-    return grad.reshape(logits.shape)
+    return through_softmax(p, a, onehot, u).reshape(logits.shape)
 
 
 def _label_softmax_stats(prep: Prepared, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
